@@ -1,0 +1,249 @@
+//! Parsing an incoming query: header, the one question, and the OPT / TSIG records.
+//!
+//! Only what answering needs is decoded, with no allocation: the question stays a slice of the
+//! packet (echoed byte for byte, RFC 1035 §4.1.2 / RFC 4343 case preservation), the query name is
+//! lowercased into a caller-owned buffer. A malformed packet is an outcome, never a panic.
+
+use crate::name::{LABEL_BYTES_MAX, NAME_BYTES_MAX};
+use crate::rdata::RType;
+
+pub const HEADER_BYTES: usize = 12;
+/// Records in the additional section we are willing to walk. A query carries at most an OPT and
+/// a TSIG; a few more are tolerated, thousands are an attack on our parser's time.
+pub const QUERY_ADDITIONAL_MAX: u16 = 8;
+/// Compression pointers followed while reading one name: each must point strictly backwards, so
+/// loops are impossible; this bounds the work anyway.
+pub const NAME_POINTERS_MAX: usize = 32;
+
+pub const OPCODE_QUERY: u8 = 0;
+pub const OPCODE_NOTIFY: u8 = 4;
+pub const OPCODE_UPDATE: u8 = 5;
+pub const CLASS_IN: u16 = 1;
+pub const CLASS_CH: u16 = 3;
+/// RFC 5001.
+pub const EDNS_OPTION_NSID: u16 = 3;
+
+/// EDNS(0) state of a query (RFC 6891).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edns {
+    /// Requestor's UDP payload size, raised to 512 (RFC 6891 §6.2.5).
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+    /// NSID requested (RFC 5001 §2.1).
+    pub nsid: bool,
+}
+
+/// The parts of a TSIG record (RFC 8945) a BADKEY reply must echo: positions in the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tsig {
+    /// Key name, decompressed, in the caller's buffer `tsig_name`.
+    pub key_name_len: usize,
+    /// Algorithm name range in the packet (uncompressed per RFC 8945 §4.2).
+    pub algorithm: (usize, usize),
+    /// Time Signed (48 bits) and Fudge, packet offset of 8 bytes.
+    pub time_and_fudge: usize,
+    pub original_id: u16,
+}
+
+/// A parsed query. Borrowed from the packet.
+#[derive(Clone, Copy, Debug)]
+pub struct Query<'p> {
+    pub id: u16,
+    pub opcode: u8,
+    pub recursion_desired: bool,
+    /// The whole question section (name, type, class) as received.
+    pub question: &'p [u8],
+    pub qname_len: usize,
+    pub qtype: RType,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+    pub tsig: Option<Tsig>,
+}
+
+/// Why a packet gets no normal answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Malformed {
+    /// Not worth a reply: too short for a header, or a response (QR=1, RFC 1035 §4.1.1).
+    Drop,
+    /// Header readable; reply FORMERR (RFC 1035 §4.1.1 rcode 1).
+    FormErr,
+}
+
+/// Scratch space a query is decoded into; one per worker, reused.
+pub struct QueryBuffers {
+    /// Lowercase query name in wire format.
+    pub qname_lower: [u8; NAME_BYTES_MAX],
+    /// Decompressed TSIG key name.
+    pub tsig_name: [u8; NAME_BYTES_MAX],
+}
+
+impl Default for QueryBuffers {
+    fn default() -> Self {
+        QueryBuffers {
+            qname_lower: [0; NAME_BYTES_MAX],
+            tsig_name: [0; NAME_BYTES_MAX],
+        }
+    }
+}
+
+fn be16(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+/// Reads a possibly compressed name at `pos`, writing it decompressed into `out`.
+/// Returns (position after the name in the packet, decompressed length).
+pub fn read_name(packet: &[u8], mut pos: usize, out: &mut [u8; NAME_BYTES_MAX]) -> Option<(usize, usize)> {
+    let mut len = 0usize;
+    let mut end_after: Option<usize> = None;
+    let mut pointers = 0;
+    // Pointers must go strictly backwards and never into the header.
+    let mut lowest_target = pos;
+    loop {
+        let b = *packet.get(pos)?;
+        match b & 0xC0 {
+            0x00 => {
+                let label_len = b as usize;
+                if label_len > LABEL_BYTES_MAX || len + 1 + label_len > NAME_BYTES_MAX {
+                    return None;
+                }
+                let label = packet.get(pos..pos + 1 + label_len)?;
+                out[len..len + 1 + label_len].copy_from_slice(label);
+                len += 1 + label_len;
+                pos += 1 + label_len;
+                if label_len == 0 {
+                    return Some((end_after.unwrap_or(pos), len));
+                }
+            }
+            0xC0 => {
+                let target = (be16(packet, pos)? & 0x3FFF) as usize;
+                pointers += 1;
+                if pointers > NAME_POINTERS_MAX || target >= lowest_target || target < HEADER_BYTES {
+                    return None;
+                }
+                end_after.get_or_insert(pos + 2);
+                lowest_target = target;
+                pos = target;
+            }
+            // 0x40 and 0x80: reserved label types (RFC 6891 §5 retired 0x40).
+            _ => return None,
+        }
+    }
+}
+
+/// Skips an RR's owner name and returns the position of its type field.
+fn skip_name(packet: &[u8], pos: usize) -> Option<usize> {
+    let mut scratch = [0u8; NAME_BYTES_MAX];
+    read_name(packet, pos, &mut scratch).map(|(end, _)| end)
+}
+
+/// Parses a query. `Err(Drop)` means send nothing.
+pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>, Malformed> {
+    if packet.len() < HEADER_BYTES {
+        return Err(Malformed::Drop);
+    }
+    let flags = be16(packet, 2).ok_or(Malformed::Drop)?;
+    if flags & 0x8000 != 0 {
+        return Err(Malformed::Drop);
+    }
+    let qdcount = be16(packet, 4).ok_or(Malformed::Drop)?;
+    let ancount = be16(packet, 6).ok_or(Malformed::Drop)?;
+    let nscount = be16(packet, 8).ok_or(Malformed::Drop)?;
+    let arcount = be16(packet, 10).ok_or(Malformed::Drop)?;
+    // RFC 9619: exactly one question. A query carries no answer or authority records
+    // (UPDATE and NOTIFY use them, and we implement neither).
+    if qdcount != 1 || ancount != 0 || nscount != 0 || arcount > QUERY_ADDITIONAL_MAX {
+        return Err(Malformed::FormErr);
+    }
+    let (name_end, qname_len) = read_name(packet, HEADER_BYTES, &mut bufs.qname_lower).ok_or(Malformed::FormErr)?;
+    // A question name never needs compression; a pointer there is malformed.
+    if name_end - HEADER_BYTES != qname_len {
+        return Err(Malformed::FormErr);
+    }
+    bufs.qname_lower[..qname_len].make_ascii_lowercase();
+    let qtype = be16(packet, name_end).ok_or(Malformed::FormErr)?;
+    let qclass = be16(packet, name_end + 2).ok_or(Malformed::FormErr)?;
+    let question_end = name_end + 4;
+
+    let mut edns = None;
+    let mut tsig = None;
+    let mut pos = question_end;
+    for idx in 0..arcount {
+        if tsig.is_some() {
+            // RFC 8945 §5.1: TSIG must be the last record.
+            return Err(Malformed::FormErr);
+        }
+        let owner_start = pos;
+        let type_at = skip_name(packet, pos).ok_or(Malformed::FormErr)?;
+        let rtype = be16(packet, type_at).ok_or(Malformed::FormErr)?;
+        let class = be16(packet, type_at + 2).ok_or(Malformed::FormErr)?;
+        let ttl_hi = be16(packet, type_at + 4).ok_or(Malformed::FormErr)?;
+        let ttl_lo = be16(packet, type_at + 6).ok_or(Malformed::FormErr)?;
+        let rdlen = be16(packet, type_at + 8).ok_or(Malformed::FormErr)? as usize;
+        let rdata_at = type_at + 10;
+        let rdata = packet.get(rdata_at..rdata_at + rdlen).ok_or(Malformed::FormErr)?;
+        pos = rdata_at + rdlen;
+        match RType(rtype) {
+            RType::OPT => {
+                // RFC 6891 §6.1.1: one OPT, owner the root.
+                if edns.is_some() || type_at != owner_start + 1 || packet[owner_start] != 0 {
+                    return Err(Malformed::FormErr);
+                }
+                let mut nsid = false;
+                let mut at = 0;
+                while at < rdata.len() {
+                    let code = be16(rdata, at).ok_or(Malformed::FormErr)?;
+                    let len = be16(rdata, at + 2).ok_or(Malformed::FormErr)? as usize;
+                    if at + 4 + len > rdata.len() {
+                        return Err(Malformed::FormErr);
+                    }
+                    if code == EDNS_OPTION_NSID {
+                        nsid = true;
+                    }
+                    at += 4 + len;
+                }
+                edns = Some(Edns {
+                    payload: class.max(512),
+                    version: (ttl_hi & 0xFF) as u8,
+                    dnssec_ok: ttl_lo & 0x8000 != 0,
+                    nsid,
+                });
+            }
+            RType::TSIG => {
+                let (_, key_len) = read_name(packet, owner_start, &mut bufs.tsig_name).ok_or(Malformed::FormErr)?;
+                let mut alg = [0u8; NAME_BYTES_MAX];
+                let (alg_end, alg_len) = read_name(packet, rdata_at, &mut alg).ok_or(Malformed::FormErr)?;
+                if alg_end - rdata_at != alg_len {
+                    return Err(Malformed::FormErr);
+                }
+                // time(6) fudge(2) mac_size(2) mac original_id(2) error(2) other_len(2) other
+                let mac_size = be16(packet, alg_end + 8).ok_or(Malformed::FormErr)? as usize;
+                let after_mac = alg_end + 10 + mac_size;
+                let original_id = be16(packet, after_mac).ok_or(Malformed::FormErr)?;
+                let other_len = be16(packet, after_mac + 4).ok_or(Malformed::FormErr)? as usize;
+                if after_mac + 6 + other_len != pos {
+                    return Err(Malformed::FormErr);
+                }
+                tsig = Some(Tsig {
+                    key_name_len: key_len,
+                    algorithm: (rdata_at, alg_len),
+                    time_and_fudge: alg_end,
+                    original_id,
+                });
+            }
+            _ => {}
+        }
+        let _ = idx;
+    }
+    Ok(Query {
+        id: be16(packet, 0).ok_or(Malformed::Drop)?,
+        opcode: ((flags >> 11) & 0xF) as u8,
+        recursion_desired: flags & 0x0100 != 0,
+        question: &packet[HEADER_BYTES..question_end],
+        qname_len,
+        qtype: RType(qtype),
+        qclass,
+        edns,
+        tsig,
+    })
+}

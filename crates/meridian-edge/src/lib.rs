@@ -1,0 +1,184 @@
+//! The edge node's I/O around the pure core: UDP worker threads, the TCP server, loading and
+//! reloading zone directories, and signals.
+//!
+//! Boundary: this crate owns sockets, threads, files and signals; it never decides an answer
+//! (that is `meridian_core::respond`). The catalog it serves is swapped whole and atomically
+//! (`ArcSwap`), so a query sees one catalog version from start to end.
+
+pub mod tcp;
+pub mod udp;
+pub mod zones;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+use arc_swap::ArcSwap;
+use meridian_core::{Catalog, ServerConfig};
+use tokio::sync::watch;
+
+/// UDP worker threads per listen address. More than cores only adds contention.
+pub const WORKERS_MAX: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("reading {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Core(meridian_core::Error),
+    #[error("invalid option: {0}")]
+    Config(String),
+}
+
+/// What an edge serves and where.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    pub listen: Vec<SocketAddr>,
+    pub workers: usize,
+    pub config: ServerConfig,
+}
+
+/// A running edge: sockets bound, workers started. Dropping it does not stop it; call `stop`.
+pub struct Edge {
+    pub catalog: Arc<ArcSwap<Catalog>>,
+    /// The addresses actually bound (port 0 resolved).
+    pub bound: Vec<SocketAddr>,
+    pub udp_stats: Vec<Arc<udp::UdpStats>>,
+    pub tcp_stats: Arc<tcp::TcpStats>,
+    stop_udp: Arc<AtomicBool>,
+    stop_tcp: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Edge {
+    /// Binds every address (UDP: one SO_REUSEPORT socket per worker; TCP: one listener) and starts
+    /// serving `catalog`. Must be called inside a tokio runtime (TCP runs on it).
+    pub fn start(options: &EdgeOptions, catalog: Catalog) -> Result<Edge, Error> {
+        if options.workers == 0 || options.workers > WORKERS_MAX {
+            return Err(Error::Config(format!("workers must be 1..={WORKERS_MAX}")));
+        }
+        if options.config.udp_payload_max as usize > udp::ANSWER_UDP_BYTES_MAX || options.config.udp_payload_max < 512 {
+            return Err(Error::Config(format!("udp payload max must be 512..={}", udp::ANSWER_UDP_BYTES_MAX)));
+        }
+        let catalog = Arc::new(ArcSwap::from_pointee(catalog));
+        let config = Arc::new(options.config.clone());
+        let stop_udp = Arc::new(AtomicBool::new(false));
+        let (stop_tcp, stop_rx) = watch::channel(false);
+        let tcp_stats = Arc::new(tcp::TcpStats::default());
+        let mut bound = Vec::new();
+        let mut sockets = Vec::new();
+        let mut listeners = Vec::new();
+        for &addr in &options.listen {
+            // Port 0: the first socket picks the port, the others (and TCP) reuse it.
+            let first = udp::bind(addr)?;
+            let actual = first.local_addr().map_err(|e| Error::Bind(addr, e))?;
+            sockets.push(first);
+            for _ in 1..options.workers {
+                sockets.push(udp::bind(actual)?);
+            }
+            listeners.push(tcp::bind(actual)?);
+            bound.push(actual);
+        }
+        let mut threads = Vec::new();
+        let mut udp_stats = Vec::new();
+        for (idx, socket) in sockets.into_iter().enumerate() {
+            let stats = Arc::new(udp::UdpStats::default());
+            udp_stats.push(stats.clone());
+            let (catalog, config, stop) = (catalog.clone(), config.clone(), stop_udp.clone());
+            let handle = std::thread::Builder::new()
+                .name(format!("udp-{idx}"))
+                .spawn(move || udp::run_worker(socket, catalog, config, stop, stats))
+                .map_err(|e| Error::Io(PathBuf::from("thread"), e))?;
+            threads.push(handle);
+        }
+        let tcp_tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(tcp::serve(l, catalog.clone(), config.clone(), tcp_stats.clone(), stop_rx.clone())))
+            .collect();
+        Ok(Edge {
+            catalog,
+            bound,
+            udp_stats,
+            tcp_stats,
+            stop_udp,
+            stop_tcp,
+            threads,
+            tcp_tasks,
+        })
+    }
+
+    /// Replaces the catalog atomically: queries in flight finish on the old one.
+    pub fn swap(&self, catalog: Catalog) {
+        self.catalog.store(Arc::new(catalog));
+    }
+
+    /// Stops accepting, waits for the workers to leave their loops.
+    pub async fn stop(self) {
+        self.stop_udp.store(true, Ordering::Relaxed);
+        let _ = self.stop_tcp.send(true);
+        for t in self.tcp_tasks {
+            let _ = t.await;
+        }
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Loads the zone directories, logging every zone that fails (file, line, reason).
+pub fn load_and_log(dirs: &[PathBuf], previous: Option<&Catalog>) -> Result<Catalog, Error> {
+    let (catalog, failures) = zones::load_catalog(dirs, previous)?;
+    for f in &failures {
+        let kept = previous.is_some_and(|p| {
+            zones::zone_files(dirs)
+                .ok()
+                .and_then(|files| files.into_iter().find(|(_, path)| path == &f.path))
+                .is_some_and(|(origin, _)| p.get(&origin).is_some())
+        });
+        tracing::error!(file = %f.path.display(), reason = %f.reason, kept_previous_version = kept, "zone not loaded");
+    }
+    let records: usize = catalog.zones().map(|z| z.record_count()).sum();
+    tracing::info!(zones = catalog.len(), records, failed = failures.len(), "catalog loaded");
+    Ok(catalog)
+}
+
+/// Serves zone directories until SIGTERM or SIGINT; SIGHUP reloads them.
+pub async fn run_static(options: EdgeOptions, dirs: Vec<PathBuf>) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let catalog = load_and_log(&dirs, None)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Io("SIGHUP".into(), e))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM".into(), e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Io("SIGINT".into(), e))?;
+    let edge = Edge::start(&options, catalog)?;
+    for addr in &edge.bound {
+        tracing::info!(%addr, workers = options.workers, "serving DNS on UDP and TCP");
+    }
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let previous = edge.catalog.load_full();
+                let dirs = dirs.clone();
+                let loaded = tokio::task::spawn_blocking(move || load_and_log(&dirs, Some(&previous))).await;
+                match loaded {
+                    Ok(Ok(catalog)) => edge.swap(catalog),
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload failed; still serving the previous catalog"),
+                    Err(e) => tracing::error!(error = %e, "reload task failed"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    edge.stop().await;
+    Ok(())
+}
