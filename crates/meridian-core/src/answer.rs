@@ -7,7 +7,10 @@
 
 use crate::catalog::Catalog;
 use crate::name::{self, NAME_BYTES_MAX, NAME_LABELS_MAX};
-use crate::query::{self, CLASS_CH, CLASS_IN, Edns, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE, Query, QueryBuffers};
+use crate::query::{
+    self, CLASS_CH, CLASS_IN, Edns, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY,
+    OPCODE_UPDATE, Query, QueryBuffers,
+};
 use crate::rdata::RType;
 use crate::writer::{Full, Section, Writer};
 use crate::zone::{NodeRef, RRsetRef, Zone, flags};
@@ -88,7 +91,14 @@ struct Flags {
 }
 
 /// Answers one query packet into `out` (at least [`UDP_PLAIN_BYTES_MAX`] bytes; 65535 for TCP).
-pub fn respond(catalog: &Catalog, config: &ServerConfig, packet: &[u8], transport: Transport, scratch: &mut Scratch, out: &mut [u8]) -> Outcome {
+pub fn respond(
+    catalog: &Catalog,
+    config: &ServerConfig,
+    packet: &[u8],
+    transport: Transport,
+    scratch: &mut Scratch,
+    out: &mut [u8],
+) -> Outcome {
     let q = match query::parse(packet, &mut scratch.query) {
         Ok(q) => q,
         Err(Malformed::Drop) => return Outcome::Drop,
@@ -98,7 +108,9 @@ pub fn respond(catalog: &Catalog, config: &ServerConfig, packet: &[u8], transpor
     let limit = match (transport, q.edns) {
         (Transport::Tcp, _) => MESSAGE_BYTES_MAX,
         (Transport::Udp, None) => UDP_PLAIN_BYTES_MAX,
-        (Transport::Udp, Some(e)) => (e.payload.min(config.udp_payload_max) as usize).max(UDP_PLAIN_BYTES_MAX),
+        (Transport::Udp, Some(e)) => {
+            (e.payload.min(config.udp_payload_max) as usize).max(UDP_PLAIN_BYTES_MAX)
+        }
     }
     .min(out.len());
     let identity = &config.identity[..config.identity.len().min(IDENTITY_BYTES_MAX)];
@@ -117,7 +129,11 @@ pub fn respond(catalog: &Catalog, config: &ServerConfig, packet: &[u8], transpor
 
     let result = if q.opcode != OPCODE_QUERY {
         // We accept neither NOTIFY nor UPDATE: refuse them; other opcodes are not implemented.
-        let rcode = if matches!(q.opcode, OPCODE_NOTIFY | OPCODE_UPDATE) { rcode::REFUSED } else { rcode::NOTIMP };
+        let rcode = if matches!(q.opcode, OPCODE_NOTIFY | OPCODE_UPDATE) {
+            rcode::REFUSED
+        } else {
+            rcode::NOTIMP
+        };
         plain(rcode)
     } else if q.edns.is_some_and(|e| e.version > 0) {
         plain(rcode::BADVERS)
@@ -149,22 +165,35 @@ pub fn respond(catalog: &Catalog, config: &ServerConfig, packet: &[u8], transpor
             rdlen = nsid_bytes;
         }
         opt[9..11].copy_from_slice(&(rdlen as u16).to_be_bytes());
-        w.raw(Section::Additional, &opt[..11 + rdlen]).expect("room for OPT was reserved");
+        w.raw(Section::Additional, &opt[..11 + rdlen])
+            .expect("room for OPT was reserved");
     }
     if let (Some(tsig), rcode::NOTAUTH) = (q.tsig, result.rcode) {
         w.set_limit(limit);
         // Without room for the TSIG record the client still sees NOTAUTH in the header.
-        let _ = write_tsig_badkey(&mut w, packet, &scratch.query.tsig_name[..tsig.key_name_len], &tsig);
+        let _ = write_tsig_badkey(
+            &mut w,
+            packet,
+            &scratch.query.tsig_name[..tsig.key_name_len],
+            &tsig,
+        );
     }
     let counts = w.counts();
     let len = w.len();
     let buf = w.buffer();
     write_header(buf, &q, &result, counts);
-    Outcome::Reply { len, rcode: result.rcode }
+    Outcome::Reply {
+        len,
+        rcode: result.rcode,
+    }
 }
 
 fn plain(rcode: u16) -> Flags {
-    Flags { rcode, aa: false, tc: false }
+    Flags {
+        rcode,
+        aa: false,
+        tc: false,
+    }
 }
 
 fn write_header(buf: &mut [u8], q: &Query, f: &Flags, counts: [u16; 3]) {
@@ -202,7 +231,12 @@ fn formerr(packet: &[u8], out: &mut [u8]) -> Outcome {
     }
 }
 
-fn write_tsig_badkey(w: &mut Writer, packet: &[u8], key_name: &[u8], tsig: &query::Tsig) -> Result<(), Full> {
+fn write_tsig_badkey(
+    w: &mut Writer,
+    packet: &[u8],
+    key_name: &[u8],
+    tsig: &query::Tsig,
+) -> Result<(), Full> {
     let mut rdata = [0u8; NAME_BYTES_MAX + 16];
     let (alg_at, alg_len) = tsig.algorithm;
     rdata[..alg_len].copy_from_slice(&packet[alg_at..alg_at + alg_len]);
@@ -214,7 +248,14 @@ fn write_tsig_badkey(w: &mut Writer, packet: &[u8], key_name: &[u8], tsig: &quer
     rdata[at + 4..at + 6].copy_from_slice(&rcode::BADKEY.to_be_bytes());
     rdata[at + 6..at + 8].copy_from_slice(&0u16.to_be_bytes());
     at += 8;
-    w.record(Section::Additional, Some(key_name), RType::TSIG, CLASS_ANY, 0, &rdata[..at])
+    w.record(
+        Section::Additional,
+        Some(key_name),
+        RType::TSIG,
+        CLASS_ANY,
+        0,
+        &rdata[..at],
+    )
 }
 
 /// CHAOS class: `id.server.` and `hostname.bind.` (RFC 4892) name the node; nothing else.
@@ -225,15 +266,30 @@ fn answer_chaos(identity: &[u8], q: &Query, qname: &[u8], w: &mut Writer) -> Fla
         return plain(rcode::REFUSED);
     }
     if !matches!(q.qtype, RType::TXT | RType::ANY) {
-        return Flags { rcode: rcode::NOERROR, aa: true, tc: false };
+        return Flags {
+            rcode: rcode::NOERROR,
+            aa: true,
+            tc: false,
+        };
     }
     let mut rdata = [0u8; 1 + IDENTITY_BYTES_MAX];
     rdata[0] = identity.len() as u8;
     rdata[1..1 + identity.len()].copy_from_slice(identity);
     let tc = w
-        .record(Section::Answer, None, RType::TXT, CLASS_CH, 0, &rdata[..1 + identity.len()])
+        .record(
+            Section::Answer,
+            None,
+            RType::TXT,
+            CLASS_CH,
+            0,
+            &rdata[..1 + identity.len()],
+        )
         .is_err();
-    Flags { rcode: rcode::NOERROR, aa: true, tc }
+    Flags {
+        rcode: rcode::NOERROR,
+        aa: true,
+        tc,
+    }
 }
 
 enum Lookup<'z> {
@@ -310,7 +366,13 @@ struct Additional<'z> {
     cut: Option<&'z [u8]>,
 }
 
-fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w: &mut Writer) -> Flags {
+fn answer_in(
+    catalog: &Catalog,
+    q: &Query,
+    qname: &[u8],
+    transport: Transport,
+    w: &mut Writer,
+) -> Flags {
     if matches!(q.qtype, RType::AXFR | RType::IXFR) {
         // Zone transfers are not offered by the edge; the control plane holds the zones.
         return plain(rcode::REFUSED);
@@ -318,19 +380,28 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
     if matches!(q.qtype, RType::OPT | RType(0)) {
         return plain(rcode::FORMERR);
     }
-    if matches!(q.qtype, RType::TKEY | RType::TSIG | RType::MAILA | RType::MAILB) {
+    if matches!(
+        q.qtype,
+        RType::TKEY | RType::TSIG | RType::MAILA | RType::MAILB
+    ) {
         return plain(rcode::NOTIMP);
     }
     // DS lives on the parent side of a cut (RFC 4035 §3.1.4.1): prefer the parent zone.
     let zone = if q.qtype == RType::DS {
-        catalog.find(qname, true).or_else(|| catalog.find(qname, false))
+        catalog
+            .find(qname, true)
+            .or_else(|| catalog.find(qname, false))
     } else {
         catalog.find(qname, false)
     };
     let Some(zone) = zone else {
         return plain(rcode::REFUSED);
     };
-    let mut result = Flags { rcode: rcode::NOERROR, aa: true, tc: false };
+    let mut result = Flags {
+        rcode: rcode::NOERROR,
+        aa: true,
+        tc: false,
+    };
     let mut extra = Additional {
         sources: [None; ADDITIONAL_SOURCES_MAX],
         count: 0,
@@ -360,7 +431,9 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
                     }
                     if let Some(set) = node.rrset(q.qtype) {
                         rrset(w, Section::Answer, sname, &set)?;
-                        if matches!(q.qtype, RType::MX | RType::SRV | RType::NS) && extra.count < ADDITIONAL_SOURCES_MAX {
+                        if matches!(q.qtype, RType::MX | RType::SRV | RType::NS)
+                            && extra.count < ADDITIONAL_SOURCES_MAX
+                        {
                             extra.sources[extra.count] = Some((set, false));
                             extra.count += 1;
                         }
@@ -372,7 +445,9 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
                             return Ok(());
                         }
                         visited[links] = node.name();
-                        let set = node.rrset(RType::CNAME).expect("CNAME flag implies a CNAME RRset");
+                        let set = node
+                            .rrset(RType::CNAME)
+                            .expect("CNAME flag implies a CNAME RRset");
                         rrset(w, Section::Answer, sname, &set)?;
                         let target = set.first().unwrap_or(&[0]);
                         if !follow(zone, target, &mut links, &mut sname_buf, &mut sname_len) {
@@ -398,7 +473,9 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
                     return Ok(());
                 }
                 Lookup::Dname(node) => {
-                    let set = node.rrset(RType::DNAME).expect("DNAME flag implies a DNAME RRset");
+                    let set = node
+                        .rrset(RType::DNAME)
+                        .expect("DNAME flag implies a DNAME RRset");
                     rrset(w, Section::Answer, node.name(), &set)?;
                     let target = set.first().unwrap_or(&[0]);
                     // RFC 6672 §2.2: replace the owner suffix with the target.
@@ -411,7 +488,14 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
                     let mut synth = [0u8; NAME_BYTES_MAX];
                     synth[..prefix].copy_from_slice(&sname[..prefix]);
                     synth[prefix..new_len].copy_from_slice(target);
-                    w.record(Section::Answer, Some(sname), RType::CNAME, CLASS_IN, set.ttl, &synth[..new_len])?;
+                    w.record(
+                        Section::Answer,
+                        Some(sname),
+                        RType::CNAME,
+                        CLASS_IN,
+                        set.ttl,
+                        &synth[..new_len],
+                    )?;
                     let synth = &synth[..new_len];
                     visited[links] = node.name();
                     if !follow(zone, synth, &mut links, &mut sname_buf, &mut sname_len) {
@@ -433,7 +517,13 @@ fn answer_in(catalog: &Catalog, q: &Query, qname: &[u8], transport: Transport, w
 }
 
 /// Moves the chain to `target` if it stays in this zone, is new, and the chain is not too long.
-fn follow(zone: &Zone, target: &[u8], links: &mut usize, sname_buf: &mut [u8; NAME_BYTES_MAX], sname_len: &mut usize) -> bool {
+fn follow(
+    zone: &Zone,
+    target: &[u8],
+    links: &mut usize,
+    sname_buf: &mut [u8; NAME_BYTES_MAX],
+    sname_len: &mut usize,
+) -> bool {
     *links += 1;
     if *links >= CNAME_CHAIN_MAX || !name::is_subdomain(target, zone.origin().wire()) {
         return false;
@@ -454,9 +544,18 @@ fn rrset(w: &mut Writer, section: Section, owner: &[u8], set: &RRsetRef) -> Resu
 /// NXDOMAIN / NODATA: the SOA in authority with the RFC 2308 §5 TTL.
 fn negative(w: &mut Writer, zone: &Zone) -> Result<(), Full> {
     let apex = zone.apex();
-    let soa = apex.rrset(RType::SOA).expect("zone has an SOA by construction");
+    let soa = apex
+        .rrset(RType::SOA)
+        .expect("zone has an SOA by construction");
     let rd = soa.first().expect("SOA RRset has one record");
-    w.record(Section::Authority, Some(apex.name()), RType::SOA, CLASS_IN, zone.negative_ttl(), rd)
+    w.record(
+        Section::Authority,
+        Some(apex.name()),
+        RType::SOA,
+        CLASS_IN,
+        zone.negative_ttl(),
+        rd,
+    )
 }
 
 /// A/AAAA for the targets of NS, MX and SRV records found in this zone. Only in-domain glue of a
@@ -479,15 +578,21 @@ fn additional(w: &mut Writer, zone: &Zone, extra: &Additional) -> Result<(), Ful
             if !name::is_subdomain(target, zone.origin().wire()) {
                 continue;
             }
-            let Some(node) = zone.node(target) else { continue };
+            let Some(node) = zone.node(target) else {
+                continue;
+            };
             if done[..done_count].contains(&node.name()) || done_count == ADDITIONAL_TARGETS_MAX {
                 continue;
             }
             done[done_count] = node.name();
             done_count += 1;
-            let required = extra.cut.is_some_and(|cut| name::is_subdomain(node.name(), cut));
+            let required = extra
+                .cut
+                .is_some_and(|cut| name::is_subdomain(node.name(), cut));
             for rtype in [RType::A, RType::AAAA] {
-                let Some(glue) = node.rrset(rtype) else { continue };
+                let Some(glue) = node.rrset(rtype) else {
+                    continue;
+                };
                 let mark = w.mark();
                 if rrset(w, Section::Additional, node.name(), &glue).is_err() {
                     w.rollback(mark);
@@ -499,9 +604,4 @@ fn additional(w: &mut Writer, zone: &Zone, extra: &Additional) -> Result<(), Ful
         }
     }
     Ok(())
-}
-
-/// Query facts for callers that log or count (the edge's metrics).
-pub fn edns_of(q: &Query) -> Option<Edns> {
-    q.edns
 }

@@ -24,7 +24,10 @@ impl Catalog {
     pub fn insert(&mut self, zone: Arc<Zone>) -> Result<(), crate::Error> {
         let key: Box<[u8]> = zone.origin().wire().into();
         if !self.zones.contains_key(&key) && self.zones.len() >= CATALOG_ZONES_MAX {
-            return Err(crate::Error::LimitExceeded("zones per catalog", CATALOG_ZONES_MAX));
+            return Err(crate::Error::LimitExceeded(
+                "zones per catalog",
+                CATALOG_ZONES_MAX,
+            ));
         }
         self.zones.insert(key, zone);
         Ok(())

@@ -25,7 +25,9 @@ pub struct Name {
 impl Name {
     /// The root name `.`.
     pub fn root() -> Name {
-        Name { wire: Box::new([0]) }
+        Name {
+            wire: Box::new([0]),
+        }
     }
 
     /// Builds a name from uncompressed wire bytes, checking every limit.
@@ -306,7 +308,10 @@ mod tests {
     #[test]
     fn parse_relative_absolute_and_escapes() {
         let origin = Name::parse("example.com.", None).unwrap();
-        assert_eq!(Name::parse("www", Some(&origin)).unwrap().to_string(), "www.example.com.");
+        assert_eq!(
+            Name::parse("www", Some(&origin)).unwrap().to_string(),
+            "www.example.com."
+        );
         assert_eq!(Name::parse("@", Some(&origin)).unwrap(), origin);
         assert_eq!(Name::parse("a\\.b.c.", None).unwrap().label_count(), 2);
         assert_eq!(Name::parse("\\065.c.", None).unwrap().to_string(), "A.c.");

@@ -93,7 +93,11 @@ fn be16(p: &[u8], at: usize) -> Option<u16> {
 
 /// Reads a possibly compressed name at `pos`, writing it decompressed into `out`.
 /// Returns (position after the name in the packet, decompressed length).
-pub fn read_name(packet: &[u8], mut pos: usize, out: &mut [u8; NAME_BYTES_MAX]) -> Option<(usize, usize)> {
+pub fn read_name(
+    packet: &[u8],
+    mut pos: usize,
+    out: &mut [u8; NAME_BYTES_MAX],
+) -> Option<(usize, usize)> {
     let mut len = 0usize;
     let mut end_after: Option<usize> = None;
     let mut pointers = 0;
@@ -118,7 +122,8 @@ pub fn read_name(packet: &[u8], mut pos: usize, out: &mut [u8; NAME_BYTES_MAX]) 
             0xC0 => {
                 let target = (be16(packet, pos)? & 0x3FFF) as usize;
                 pointers += 1;
-                if pointers > NAME_POINTERS_MAX || target >= lowest_target || target < HEADER_BYTES {
+                if pointers > NAME_POINTERS_MAX || target >= lowest_target || target < HEADER_BYTES
+                {
                     return None;
                 }
                 end_after.get_or_insert(pos + 2);
@@ -155,7 +160,8 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
     if qdcount != 1 || ancount != 0 || nscount != 0 || arcount > QUERY_ADDITIONAL_MAX {
         return Err(Malformed::FormErr);
     }
-    let (name_end, qname_len) = read_name(packet, HEADER_BYTES, &mut bufs.qname_lower).ok_or(Malformed::FormErr)?;
+    let (name_end, qname_len) =
+        read_name(packet, HEADER_BYTES, &mut bufs.qname_lower).ok_or(Malformed::FormErr)?;
     // A question name never needs compression; a pointer there is malformed.
     if name_end - HEADER_BYTES != qname_len {
         return Err(Malformed::FormErr);
@@ -181,7 +187,9 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
         let ttl_lo = be16(packet, type_at + 6).ok_or(Malformed::FormErr)?;
         let rdlen = be16(packet, type_at + 8).ok_or(Malformed::FormErr)? as usize;
         let rdata_at = type_at + 10;
-        let rdata = packet.get(rdata_at..rdata_at + rdlen).ok_or(Malformed::FormErr)?;
+        let rdata = packet
+            .get(rdata_at..rdata_at + rdlen)
+            .ok_or(Malformed::FormErr)?;
         pos = rdata_at + rdlen;
         match RType(rtype) {
             RType::OPT => {
@@ -210,9 +218,11 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
                 });
             }
             RType::TSIG => {
-                let (_, key_len) = read_name(packet, owner_start, &mut bufs.tsig_name).ok_or(Malformed::FormErr)?;
+                let (_, key_len) = read_name(packet, owner_start, &mut bufs.tsig_name)
+                    .ok_or(Malformed::FormErr)?;
                 let mut alg = [0u8; NAME_BYTES_MAX];
-                let (alg_end, alg_len) = read_name(packet, rdata_at, &mut alg).ok_or(Malformed::FormErr)?;
+                let (alg_end, alg_len) =
+                    read_name(packet, rdata_at, &mut alg).ok_or(Malformed::FormErr)?;
                 if alg_end - rdata_at != alg_len {
                     return Err(Malformed::FormErr);
                 }

@@ -84,7 +84,10 @@ impl RType {
 
     /// Mnemonic or RFC 3597 `TYPEnnn`.
     pub fn from_text(text: &str) -> Option<RType> {
-        if let Some((found, _)) = Self::NAMES.iter().find(|(_, n)| n.eq_ignore_ascii_case(text)) {
+        if let Some((found, _)) = Self::NAMES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(text))
+        {
             return Some(*found);
         }
         let digits = text
@@ -101,7 +104,10 @@ impl RType {
 
     /// RFC 3597 §4: only the RFC 1035 types may have names compressed in RDATA.
     pub fn rdata_names_compressible(self) -> bool {
-        matches!(self, RType::NS | RType::CNAME | RType::SOA | RType::PTR | RType::MX)
+        matches!(
+            self,
+            RType::NS | RType::CNAME | RType::SOA | RType::PTR | RType::MX
+        )
     }
 }
 
@@ -144,11 +150,17 @@ pub fn parse_rdata(rtype: RType, tokens: &[Token], origin: &Name) -> Result<Vec<
     };
     match rtype {
         RType::A => {
-            let addr: std::net::Ipv4Addr = p.bare()?.parse().map_err(|_| Error::RdataInvalid("IPv4 address"))?;
+            let addr: std::net::Ipv4Addr = p
+                .bare()?
+                .parse()
+                .map_err(|_| Error::RdataInvalid("IPv4 address"))?;
             p.out.extend_from_slice(&addr.octets());
         }
         RType::AAAA => {
-            let addr: std::net::Ipv6Addr = p.bare()?.parse().map_err(|_| Error::RdataInvalid("IPv6 address"))?;
+            let addr: std::net::Ipv6Addr = p
+                .bare()?
+                .parse()
+                .map_err(|_| Error::RdataInvalid("IPv6 address"))?;
             p.out.extend_from_slice(&addr.octets());
         }
         RType::NS | RType::CNAME | RType::PTR | RType::DNAME => p.name()?,
@@ -181,7 +193,8 @@ pub fn parse_rdata(rtype: RType, tokens: &[Token], origin: &Name) -> Result<Vec<
         RType::CAA => {
             p.u8()?;
             let tag = p.bare()?.to_string();
-            if tag.is_empty() || tag.len() > 255 || !tag.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            if tag.is_empty() || tag.len() > 255 || !tag.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
                 return Err(Error::RdataInvalid("CAA tag"));
             }
             p.out.push(tag.len() as u8);
@@ -247,7 +260,9 @@ fn parse_generic(rtype: RType, tokens: &[Token]) -> Result<Vec<u8>, Error> {
         .decode(hex.as_bytes())
         .map_err(|_| Error::RdataInvalid("generic rdata hex"))?;
     if data.len() != len {
-        return Err(Error::RdataInvalid("generic rdata length does not match its data"));
+        return Err(Error::RdataInvalid(
+            "generic rdata length does not match its data",
+        ));
     }
     let fixed = match rtype {
         RType::A => Some(4),
@@ -255,7 +270,9 @@ fn parse_generic(rtype: RType, tokens: &[Token]) -> Result<Vec<u8>, Error> {
         _ => None,
     };
     if fixed.is_some_and(|n| n != data.len()) {
-        return Err(Error::RdataInvalid("generic rdata length wrong for its type"));
+        return Err(Error::RdataInvalid(
+            "generic rdata length wrong for its type",
+        ));
     }
     Ok(data)
 }
@@ -278,11 +295,14 @@ fn parse_svcb(rtype: RType, tokens: &[Token], origin: &Name) -> Result<Vec<u8>, 
         }
     }
     let hickory_type = HickoryType::from(rtype.0);
-    let rdata = RData::try_from_str(hickory_type, &text).map_err(|_| Error::RdataInvalid("SVCB parameters"))?;
+    let rdata = RData::try_from_str(hickory_type, &text)
+        .map_err(|_| Error::RdataInvalid("SVCB parameters"))?;
     let mut out = Vec::new();
     let mut encoder = BinEncoder::new(&mut out);
     encoder.set_canonical_form(true);
-    rdata.emit(&mut encoder).map_err(|_| Error::RdataInvalid("SVCB parameters"))?;
+    rdata
+        .emit(&mut encoder)
+        .map_err(|_| Error::RdataInvalid("SVCB parameters"))?;
     Ok(out)
 }
 
@@ -313,7 +333,10 @@ struct Fields<'a> {
 
 impl<'a> Fields<'a> {
     fn token(&mut self) -> Result<&'a Token, Error> {
-        let t = self.tokens.get(self.next).ok_or(Error::RdataInvalid("missing field"))?;
+        let t = self
+            .tokens
+            .get(self.next)
+            .ok_or(Error::RdataInvalid("missing field"))?;
         self.next += 1;
         Ok(t)
     }
@@ -327,7 +350,10 @@ impl<'a> Fields<'a> {
     }
 
     fn number(&mut self, max: u64) -> Result<u64, Error> {
-        let v: u64 = self.bare()?.parse().map_err(|_| Error::RdataInvalid("number"))?;
+        let v: u64 = self
+            .bare()?
+            .parse()
+            .map_err(|_| Error::RdataInvalid("number"))?;
         if v > max {
             return Err(Error::RdataInvalid("number out of range"));
         }
@@ -368,7 +394,9 @@ impl<'a> Fields<'a> {
     fn charstring(&mut self) -> Result<(), Error> {
         let bytes = unescape(&self.token()?.text)?;
         if bytes.len() > CHARSTRING_BYTES_MAX {
-            return Err(Error::RdataInvalid("character-string longer than 255 octets"));
+            return Err(Error::RdataInvalid(
+                "character-string longer than 255 octets",
+            ));
         }
         self.out.push(bytes.len() as u8);
         self.out.extend_from_slice(&bytes);
@@ -474,7 +502,11 @@ fn generic_text(rdata: &[u8]) -> String {
     if rdata.is_empty() {
         return "\\# 0".to_string();
     }
-    format!("\\# {} {}", rdata.len(), data_encoding::HEXUPPER.encode(rdata))
+    format!(
+        "\\# {} {}",
+        rdata.len(),
+        data_encoding::HEXUPPER.encode(rdata)
+    )
 }
 
 fn charstring_text(out: &mut String, bytes: &[u8]) {
@@ -493,7 +525,10 @@ fn charstring_text(out: &mut String, bytes: &[u8]) {
 }
 
 fn rdata_to_text_known(rtype: RType, rdata: &[u8]) -> Option<String> {
-    let mut r = Reader { data: rdata, pos: 0 };
+    let mut r = Reader {
+        data: rdata,
+        pos: 0,
+    };
     let mut out = String::new();
     match rtype {
         RType::A => {
@@ -614,7 +649,11 @@ mod tests {
         let origin = Name::parse("example.", None).unwrap();
         for (t, text, expected) in [
             (RType::MX, "10 mail", "10 mail.example."),
-            (RType::SOA, "ns1 host 1 2 3 4 5", "ns1.example. host.example. 1 2 3 4 5"),
+            (
+                RType::SOA,
+                "ns1 host 1 2 3 4 5",
+                "ns1.example. host.example. 1 2 3 4 5",
+            ),
             (RType::SRV, "1 2 3 .", "1 2 3 ."),
             (RType::DS, "12345 8 2 ABCDEF01", "12345 8 2 ABCDEF01"),
             (RType::SSHFP, "1 1 0123456789ABCDEF", "1 1 0123456789ABCDEF"),
@@ -628,7 +667,10 @@ mod tests {
     #[test]
     fn generic_rdata_checks_length() {
         let origin = Name::root();
-        assert_eq!(parse_rdata(RType(65280), &toks("\\# 2 0a0b"), &origin).unwrap(), vec![10, 11]);
+        assert_eq!(
+            parse_rdata(RType(65280), &toks("\\# 2 0a0b"), &origin).unwrap(),
+            vec![10, 11]
+        );
         assert!(parse_rdata(RType(65280), &toks("\\# 3 0a0b"), &origin).is_err());
         assert!(parse_rdata(RType::A, &toks("\\# 3 0a0b0c"), &origin).is_err());
     }

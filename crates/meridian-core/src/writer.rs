@@ -133,7 +133,9 @@ impl<'b> Writer<'b> {
             if len == 0 {
                 return true;
             }
-            if !self.buf[offset + 1..offset + 1 + len].eq_ignore_ascii_case(&name[pos + 1..pos + 1 + len]) {
+            if !self.buf[offset + 1..offset + 1 + len]
+                .eq_ignore_ascii_case(&name[pos + 1..pos + 1 + len])
+            {
                 return false;
             }
             offset += 1 + len;
@@ -154,7 +156,6 @@ impl<'b> Writer<'b> {
                 .copied()
                 .find(|&off| self.equals_at(off as usize, suffix));
             if let Some(off) = found {
-                self.put(&name[..0])?;
                 return self.pointer_after_prefix(name, pos, off);
             }
             pos += 1 + name[pos] as usize;
@@ -169,7 +170,12 @@ impl<'b> Writer<'b> {
         Ok(())
     }
 
-    fn pointer_after_prefix(&mut self, name: &[u8], prefix_len: usize, target: u16) -> Result<(), Full> {
+    fn pointer_after_prefix(
+        &mut self,
+        name: &[u8],
+        prefix_len: usize,
+        target: u16,
+    ) -> Result<(), Full> {
         let start = self.len;
         self.put(&name[..prefix_len])?;
         self.put(&(0xC000 | target).to_be_bytes())?;

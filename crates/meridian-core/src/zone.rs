@@ -50,13 +50,16 @@ fn hash_name(lower_wire: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(HASH_SEED).hash_one(lower_wire)
 }
 
+/// Packed nodes (see [`NodeRef`]) keyed by their lowercase name.
+type Shard = HashTable<Box<[u8]>>;
+
 /// A zone ready to answer from.
 #[derive(Clone)]
 pub struct Zone {
     /// Lowercase origin.
     origin: Name,
     /// Shards of nodes; index = hash >> shard_shift.
-    shards: Box<[Arc<HashTable<Box<[u8]>>>]>,
+    shards: Box<[Arc<Shard>]>,
     shard_shift: u32,
     record_count: usize,
     node_count: usize,
@@ -157,7 +160,7 @@ impl<'a> RRsetRef<'a> {
         })
     }
 
-    /// Wire size of the records' RDATA and fixed fields, names uncompressed (an upper bound).
+    /// The first record's RDATA (the only one for SOA, CNAME and DNAME).
     pub fn first(&self) -> Option<&'a [u8]> {
         self.rdatas().next()
     }
@@ -176,7 +179,10 @@ impl Zone {
         }
         let origin = origin.to_lowercase();
         let mut names: hashbrown::HashMap<Box<[u8]>, Building, foldhash::fast::FixedState> =
-            hashbrown::HashMap::with_capacity_and_hasher(records.len(), foldhash::fast::FixedState::with_seed(HASH_SEED));
+            hashbrown::HashMap::with_capacity_and_hasher(
+                records.len(),
+                foldhash::fast::FixedState::with_seed(HASH_SEED),
+            );
         let mut record_count = 0;
         for r in records {
             if !r.owner.is_subdomain_of(&origin) {
@@ -327,7 +333,8 @@ impl Zone {
     }
 
     pub fn apex(&self) -> NodeRef<'_> {
-        self.node(self.origin.wire()).expect("apex node exists by construction")
+        self.node(self.origin.wire())
+            .expect("apex node exists by construction")
     }
 
     /// Every record, for export and for comparing zones in tests. Order: by name, then type.
@@ -360,16 +367,27 @@ impl Zone {
     pub fn heap_bytes(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.capacity() * (std::mem::size_of::<Box<[u8]>>() + 1) + s.iter().map(|b| b.len()).sum::<usize>())
+            .map(|s| {
+                s.capacity() * (std::mem::size_of::<Box<[u8]>>() + 1)
+                    + s.iter().map(|b| b.len()).sum::<usize>()
+            })
             .sum()
     }
 }
 
 fn shard_index(hash: u64, shift: u32) -> usize {
-    if shift >= 64 { 0 } else { (hash >> shift) as usize }
+    if shift >= 64 {
+        0
+    } else {
+        (hash >> shift) as usize
+    }
 }
 
-fn rdata_spans_check(rtype: RType, rdata: &[u8], spans: &mut [(usize, usize); 2]) -> Result<(), Error> {
+fn rdata_spans_check(
+    rtype: RType,
+    rdata: &[u8],
+    spans: &mut [(usize, usize); 2],
+) -> Result<(), Error> {
     let n = crate::rdata::rdata_name_spans(rtype, rdata, spans);
     if rtype == RType::SOA && (n != 2 || rdata.len() != spans[1].0 + spans[1].1 + 20) {
         return Err(Error::RdataInvalid("SOA"));

@@ -38,7 +38,11 @@ pub struct ParseError {
 pub type IncludeReader<'a> = &'a dyn Fn(&str) -> Result<String, String>;
 
 /// Parses a whole zone file. `origin` is the zone's origin, the initial `$ORIGIN`.
-pub fn parse(text: &str, origin: &Name, include: Option<IncludeReader>) -> Result<Vec<Record>, ParseError> {
+pub fn parse(
+    text: &str,
+    origin: &Name,
+    include: Option<IncludeReader>,
+) -> Result<Vec<Record>, ParseError> {
     let mut state = State {
         origin: origin.clone(),
         default_ttl: None,
@@ -66,13 +70,21 @@ struct Entry {
 }
 
 impl State {
-    fn parse_text(&mut self, text: &str, include: Option<IncludeReader>, depth: usize) -> Result<(), ParseError> {
+    fn parse_text(
+        &mut self,
+        text: &str,
+        include: Option<IncludeReader>,
+        depth: usize,
+    ) -> Result<(), ParseError> {
         let mut lexer = Lexer {
             bytes: text.as_bytes(),
             pos: 0,
             line: 1,
         };
-        while let Some(entry) = lexer.next_entry().map_err(|(line, error)| ParseError { line, error })? {
+        while let Some(entry) = lexer
+            .next_entry()
+            .map_err(|(line, error)| ParseError { line, error })?
+        {
             let line = entry.line;
             self.entry(entry, include, depth)
                 .map_err(|error| match error {
@@ -83,7 +95,12 @@ impl State {
         Ok(())
     }
 
-    fn entry(&mut self, entry: Entry, include: Option<IncludeReader>, depth: usize) -> Result<(), EntryError> {
+    fn entry(
+        &mut self,
+        entry: Entry,
+        include: Option<IncludeReader>,
+        depth: usize,
+    ) -> Result<(), EntryError> {
         let tokens = &entry.tokens;
         let first = &tokens[0];
         if !entry.leading_blank && !first.quoted && first.text.starts_with('$') {
@@ -106,13 +123,16 @@ impl State {
                     if depth >= INCLUDE_DEPTH_MAX {
                         return Err(Error::Directive("$INCLUDE nested too deeply").into());
                     }
-                    let path = tokens.get(1).ok_or(Error::Directive("$INCLUDE needs a file"))?;
+                    let path = tokens
+                        .get(1)
+                        .ok_or(Error::Directive("$INCLUDE needs a file"))?;
                     let saved_origin = self.origin.clone();
                     if let Some(o) = tokens.get(2) {
                         self.origin = Name::parse(&o.text, Some(&self.origin))?;
                     }
                     let text = reader(&path.text).map_err(Error::IncludeFailed)?;
-                    self.parse_text(&text, include, depth + 1).map_err(EntryError::Nested)?;
+                    self.parse_text(&text, include, depth + 1)
+                        .map_err(EntryError::Nested)?;
                     // RFC 1035 §5.1: the origin reverts after the included file.
                     self.origin = saved_origin;
                 }
@@ -144,14 +164,12 @@ impl State {
                 ttl = Some(rdata::parse_ttl(&t.text).ok_or(Error::TtlInvalid)?);
                 continue;
             }
-            if !class_seen {
-                if let Some(class) = parse_class(&t.text) {
-                    if class != CLASS_IN {
-                        return Err(Error::ClassUnsupported(class));
-                    }
-                    class_seen = true;
-                    continue;
+            if !class_seen && let Some(class) = parse_class(&t.text) {
+                if class != CLASS_IN {
+                    return Err(Error::ClassUnsupported(class));
                 }
+                class_seen = true;
+                continue;
             }
             break RType::from_text(&t.text).ok_or_else(|| Error::TypeUnknown(t.text.clone()))?;
         };
@@ -164,7 +182,10 @@ impl State {
                 self.last_ttl = Some(v);
                 v
             }
-            None => self.default_ttl.or(self.last_ttl).ok_or(Error::TtlMissing)?,
+            None => self
+                .default_ttl
+                .or(self.last_ttl)
+                .ok_or(Error::TtlMissing)?,
         };
         let rdata = rdata::parse_rdata(rtype, &tokens[idx..], &self.origin)?;
         self.last_owner = Some(owner.clone());
@@ -262,14 +283,18 @@ impl Lexer<'_> {
                                 Some(_) => self.pos += 1,
                             }
                         }
-                        let text = utf8(&self.bytes[start..self.pos.min(self.bytes.len())], self.line)?;
+                        let text = utf8(
+                            &self.bytes[start..self.pos.min(self.bytes.len())],
+                            self.line,
+                        )?;
                         self.pos += 1;
                         tokens.push(Token { text, quoted: true });
                     }
                     _ => {
                         let start = self.pos;
                         while let Some(&c) = self.bytes.get(self.pos) {
-                            if matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b')' | b'"') {
+                            if matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b')' | b'"')
+                            {
                                 break;
                             }
                             self.pos += if c == b'\\' { 2 } else { 1 };
@@ -339,7 +364,12 @@ mod tests {
 
     #[test]
     fn errors_carry_their_line() {
-        let err = parse("$TTL 60\n@ SOA a b 1 2 3 4 5\nbad A 999.1.1.1\n", &origin(), None).unwrap_err();
+        let err = parse(
+            "$TTL 60\n@ SOA a b 1 2 3 4 5\nbad A 999.1.1.1\n",
+            &origin(),
+            None,
+        )
+        .unwrap_err();
         assert_eq!(err.line, 3);
         let err = parse("$INCLUDE other\n", &origin(), None).unwrap_err();
         assert_eq!(err.error, Error::IncludeRefused);
@@ -353,7 +383,12 @@ mod tests {
             assert_eq!(path, "inc.zone");
             Ok("a 60 A 192.0.2.7\n".to_string())
         };
-        let recs = parse("$INCLUDE inc.zone sub\nb 60 A 192.0.2.8\n", &origin(), Some(&reader)).unwrap();
+        let recs = parse(
+            "$INCLUDE inc.zone sub\nb 60 A 192.0.2.8\n",
+            &origin(),
+            Some(&reader),
+        )
+        .unwrap();
         assert_eq!(recs[0].owner.to_string(), "a.sub.example.");
         assert_eq!(recs[1].owner.to_string(), "b.example.");
     }

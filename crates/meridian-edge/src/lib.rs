@@ -62,8 +62,13 @@ impl Edge {
         if options.workers == 0 || options.workers > WORKERS_MAX {
             return Err(Error::Config(format!("workers must be 1..={WORKERS_MAX}")));
         }
-        if options.config.udp_payload_max as usize > udp::ANSWER_UDP_BYTES_MAX || options.config.udp_payload_max < 512 {
-            return Err(Error::Config(format!("udp payload max must be 512..={}", udp::ANSWER_UDP_BYTES_MAX)));
+        if options.config.udp_payload_max as usize > udp::ANSWER_UDP_BYTES_MAX
+            || options.config.udp_payload_max < 512
+        {
+            return Err(Error::Config(format!(
+                "udp payload max must be 512..={}",
+                udp::ANSWER_UDP_BYTES_MAX
+            )));
         }
         let catalog = Arc::new(ArcSwap::from_pointee(catalog));
         let config = Arc::new(options.config.clone());
@@ -98,7 +103,15 @@ impl Edge {
         }
         let tcp_tasks = listeners
             .into_iter()
-            .map(|l| tokio::spawn(tcp::serve(l, catalog.clone(), config.clone(), tcp_stats.clone(), stop_rx.clone())))
+            .map(|l| {
+                tokio::spawn(tcp::serve(
+                    l,
+                    catalog.clone(),
+                    config.clone(),
+                    tcp_stats.clone(),
+                    stop_rx.clone(),
+                ))
+            })
             .collect();
         Ok(Edge {
             catalog,
@@ -147,7 +160,12 @@ pub fn load_and_log(dirs: &[PathBuf], previous: Option<&Catalog>) -> Result<Cata
         tracing::error!(file = %f.path.display(), reason = %f.reason, kept_previous_version = kept, "zone not loaded");
     }
     let records: usize = catalog.zones().map(|z| z.record_count()).sum();
-    tracing::info!(zones = catalog.len(), records, failed = failures.len(), "catalog loaded");
+    tracing::info!(
+        zones = catalog.len(),
+        records,
+        failed = failures.len(),
+        "catalog loaded"
+    );
     Ok(catalog)
 }
 

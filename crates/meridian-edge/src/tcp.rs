@@ -36,21 +36,42 @@ pub struct TcpStats {
 }
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    let domain = if addr.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(|e| Error::Bind(addr, e))?;
-    socket.set_reuse_address(true).map_err(|e| Error::Bind(addr, e))?;
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .set_reuse_address(true)
+        .map_err(|e| Error::Bind(addr, e))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(|e| Error::Bind(addr, e))?;
     }
-    socket.set_nonblocking(true).map_err(|e| Error::Bind(addr, e))?;
-    socket.set_tcp_nodelay(true).map_err(|e| Error::Bind(addr, e))?;
-    socket.bind(&addr.into()).map_err(|e| Error::Bind(addr, e))?;
-    socket.listen(TCP_LISTEN_BACKLOG).map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .set_tcp_nodelay(true)
+        .map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .listen(TCP_LISTEN_BACKLOG)
+        .map_err(|e| Error::Bind(addr, e))?;
     TcpListener::from_std(socket.into()).map_err(|e| Error::Bind(addr, e))
 }
 
 /// Accepts connections until `shutdown` changes.
-pub async fn serve(listener: TcpListener, catalog: Arc<ArcSwap<Catalog>>, config: Arc<ServerConfig>, stats: Arc<TcpStats>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    catalog: Arc<ArcSwap<Catalog>>,
+    config: Arc<ServerConfig>,
+    stats: Arc<TcpStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(TCP_CONNECTIONS_MAX));
     loop {
         let permit = tokio::select! {
@@ -80,7 +101,13 @@ pub async fn serve(listener: TcpListener, catalog: Arc<ArcSwap<Catalog>>, config
     }
 }
 
-async fn connection(mut stream: TcpStream, catalog: &ArcSwap<Catalog>, config: &ServerConfig, stats: &TcpStats, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    mut stream: TcpStream,
+    catalog: &ArcSwap<Catalog>,
+    config: &ServerConfig,
+    stats: &TcpStats,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut input: Vec<u8> = Vec::with_capacity(TCP_READ_BYTES + MESSAGE_BYTES_MAX + 2);
     let mut output: Vec<u8> = Vec::with_capacity(TCP_OUTPUT_BYTES_MAX + MESSAGE_BYTES_MAX + 2);
     let mut answer = vec![0u8; MESSAGE_BYTES_MAX];
@@ -109,7 +136,14 @@ async fn connection(mut stream: TcpStream, catalog: &ArcSwap<Catalog>, config: &
             let packet = &input[consumed + 2..consumed + 2 + len];
             consumed += 2 + len;
             stats.queries.fetch_add(1, Ordering::Relaxed);
-            match respond(&current, config, packet, Transport::Tcp, &mut scratch, &mut answer) {
+            match respond(
+                &current,
+                config,
+                packet,
+                Transport::Tcp,
+                &mut scratch,
+                &mut answer,
+            ) {
                 Outcome::Drop => return, // RFC 7766 §8: close on a message we cannot answer
                 Outcome::Reply { len, .. } => {
                     output.extend_from_slice(&(len as u16).to_be_bytes());

@@ -51,9 +51,16 @@ pub struct UdpStats {
 /// Binds one UDP socket for a worker: SO_REUSEPORT so every worker has its own socket and the
 /// kernel spreads queries across them.
 pub fn bind(addr: SocketAddr) -> Result<UdpSocket, Error> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
-    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| Error::Bind(addr, e))?;
-    socket.set_reuse_port(true).map_err(|e| Error::Bind(addr, e))?;
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let socket =
+        Socket::new(domain, Type::DGRAM, Some(Protocol::UDP)).map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .set_reuse_port(true)
+        .map_err(|e| Error::Bind(addr, e))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(|e| Error::Bind(addr, e))?;
     }
@@ -68,13 +75,25 @@ pub fn bind(addr: SocketAddr) -> Result<UdpSocket, Error> {
             (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
         };
         // SAFETY: valid fd, pointer to a c_int of the size given.
-        let rc = unsafe { libc::setsockopt(fd, level, opt, &on as *const _ as *const libc::c_void, size_of::<libc::c_int>() as u32) };
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                &on as *const _ as *const libc::c_void,
+                size_of::<libc::c_int>() as u32,
+            )
+        };
         if rc != 0 {
             return Err(Error::Bind(addr, std::io::Error::last_os_error()));
         }
     }
-    socket.set_read_timeout(Some(STOP_POLL)).map_err(|e| Error::Bind(addr, e))?;
-    socket.bind(&addr.into()).map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .set_read_timeout(Some(STOP_POLL))
+        .map_err(|e| Error::Bind(addr, e))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| Error::Bind(addr, e))?;
     Ok(socket.into())
 }
 
@@ -116,7 +135,8 @@ impl Buffers {
         for i in 0..BATCH_COUNT_MAX {
             b.rx_iov[i].iov_base = b.rx[i * QUERY_BYTES_MAX..].as_mut_ptr() as *mut libc::c_void;
             b.rx_iov[i].iov_len = QUERY_BYTES_MAX;
-            b.tx_iov[i].iov_base = b.tx[i * ANSWER_UDP_BYTES_MAX..].as_mut_ptr() as *mut libc::c_void;
+            b.tx_iov[i].iov_base =
+                b.tx[i * ANSWER_UDP_BYTES_MAX..].as_mut_ptr() as *mut libc::c_void;
         }
         b
     }
@@ -138,14 +158,28 @@ impl Buffers {
 }
 
 /// Runs one worker until `stop` is set. Call on a dedicated OS thread.
-pub fn run_worker(socket: UdpSocket, catalog: Arc<ArcSwap<Catalog>>, config: Arc<ServerConfig>, stop: Arc<AtomicBool>, stats: Arc<UdpStats>) {
+pub fn run_worker(
+    socket: UdpSocket,
+    catalog: Arc<ArcSwap<Catalog>>,
+    config: Arc<ServerConfig>,
+    stop: Arc<AtomicBool>,
+    stats: Arc<UdpStats>,
+) {
     let fd = socket.as_raw_fd();
     let mut b = Buffers::new();
     while !stop.load(Ordering::Relaxed) {
         b.arm_receive();
         // SAFETY: rx_msgs holds BATCH_COUNT_MAX headers whose pointers reference buffers owned by
         // `b`, which outlives the call.
-        let received = unsafe { libc::recvmmsg(fd, b.rx_msgs.as_mut_ptr(), BATCH_COUNT_MAX as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
+        let received = unsafe {
+            libc::recvmmsg(
+                fd,
+                b.rx_msgs.as_mut_ptr(),
+                BATCH_COUNT_MAX as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
         if received <= 0 {
             continue; // timeout (stop poll), EINTR, or a transient error
         }
@@ -164,7 +198,14 @@ pub fn run_worker(socket: UdpSocket, catalog: Arc<ArcSwap<Catalog>>, config: Arc
             let controllen = msg.msg_hdr.msg_controllen;
             let packet = &b.rx[i * QUERY_BYTES_MAX..i * QUERY_BYTES_MAX + len];
             let out = &mut b.tx[ready * ANSWER_UDP_BYTES_MAX..(ready + 1) * ANSWER_UDP_BYTES_MAX];
-            match respond(&current, &config, packet, Transport::Udp, &mut b.scratch, out) {
+            match respond(
+                &current,
+                &config,
+                packet,
+                Transport::Udp,
+                &mut b.scratch,
+                out,
+            ) {
                 Outcome::Drop => {
                     stats.dropped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -172,7 +213,8 @@ pub fn run_worker(socket: UdpSocket, catalog: Arc<ArcSwap<Catalog>>, config: Arc
                     stats.replies.fetch_add(1, Ordering::Relaxed);
                     stats.rcodes[(rcode as usize).min(23)].fetch_add(1, Ordering::Relaxed);
                     b.tx_iov[ready].iov_len = len;
-                    let control_len = reply_control(&b.rx_control[i], controllen as usize, &mut b.tx_control[ready]);
+                    let control_len =
+                        reply_control(&b.rx_control[i], controllen, &mut b.tx_control[ready]);
                     let h = &mut b.tx_msgs[ready].msg_hdr;
                     h.msg_name = &mut b.rx_addrs[i] as *mut _ as *mut libc::c_void;
                     h.msg_namelen = namelen;
@@ -200,7 +242,8 @@ fn send_all(fd: i32, msgs: &mut [libc::mmsghdr]) {
     let mut sent = 0usize;
     while sent < msgs.len() {
         // SAFETY: the headers reference buffers owned by the worker for the duration of the call.
-        let n = unsafe { libc::sendmmsg(fd, msgs[sent..].as_mut_ptr(), (msgs.len() - sent) as u32, 0) };
+        let n =
+            unsafe { libc::sendmmsg(fd, msgs[sent..].as_mut_ptr(), (msgs.len() - sent) as u32, 0) };
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::Interrupted {
@@ -215,7 +258,11 @@ fn send_all(fd: i32, msgs: &mut [libc::mmsghdr]) {
 
 /// Turns the packet-info record of a received datagram into the one that makes the reply leave
 /// from the same local address. Returns the control length to send (0: none).
-fn reply_control(rx: &[u64; CONTROL_BYTES / 8], rx_len: usize, tx: &mut [u64; CONTROL_BYTES / 8]) -> usize {
+fn reply_control(
+    rx: &[u64; CONTROL_BYTES / 8],
+    rx_len: usize,
+    tx: &mut [u64; CONTROL_BYTES / 8],
+) -> usize {
     if rx_len == 0 {
         return 0;
     }
@@ -229,7 +276,8 @@ fn reply_control(rx: &[u64; CONTROL_BYTES / 8], rx_len: usize, tx: &mut [u64; CO
         while !cmsg.is_null() {
             let c = &*cmsg;
             if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
-                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                 let out = libc::in_pktinfo {
                     ipi_ifindex: 0,
                     ipi_spec_dst: info.ipi_addr,
@@ -238,7 +286,8 @@ fn reply_control(rx: &[u64; CONTROL_BYTES / 8], rx_len: usize, tx: &mut [u64; CO
                 return write_control(tx, libc::IPPROTO_IP, libc::IP_PKTINFO, &out);
             }
             if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
-                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
                 return write_control(tx, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, &info);
             }
             cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);

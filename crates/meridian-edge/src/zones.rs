@@ -24,12 +24,22 @@ pub fn zone_files(dirs: &[PathBuf]) -> Result<Vec<(Name, PathBuf)>, Error> {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::Io(dir.clone(), e))?;
         for entry in entries {
             let path = entry.map_err(|e| Error::Io(dir.clone(), e))?.path();
-            let Some(file) = path.file_name().and_then(|f| f.to_str()) else { continue };
-            let Some(stem) = file.strip_suffix(".zone") else { continue };
-            let origin_text = if stem.ends_with('.') { stem.to_string() } else { format!("{stem}.") };
+            let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
+                continue;
+            };
+            let Some(stem) = file.strip_suffix(".zone") else {
+                continue;
+            };
+            let origin_text = if stem.ends_with('.') {
+                stem.to_string()
+            } else {
+                format!("{stem}.")
+            };
             match Name::parse(&origin_text, None) {
                 Ok(origin) => out.push((origin, path)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "file name is not a zone origin; skipped"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "file name is not a zone origin; skipped")
+                }
             }
         }
     }
@@ -51,7 +61,10 @@ pub fn load_zone(origin: &Name, path: &Path) -> Result<Zone, String> {
 
 /// Builds a catalog from the zone directories. A zone that fails keeps `previous`'s version of
 /// it, if any; failures are returned so the caller can log them (file, line, reason).
-pub fn load_catalog(dirs: &[PathBuf], previous: Option<&Catalog>) -> Result<(Catalog, Vec<LoadFailure>), Error> {
+pub fn load_catalog(
+    dirs: &[PathBuf],
+    previous: Option<&Catalog>,
+) -> Result<(Catalog, Vec<LoadFailure>), Error> {
     let mut catalog = Catalog::new();
     let mut failures = Vec::new();
     for (origin, path) in zone_files(dirs)? {

@@ -11,7 +11,11 @@ use meridian_core::answer::UDP_PAYLOAD_DEFAULT;
 use meridian_edge::EdgeOptions;
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Self-hosted authoritative DNS platform")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Self-hosted authoritative DNS platform"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,9 @@ struct EdgeArgs {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -67,9 +73,11 @@ fn hostname() -> String {
 }
 
 fn edge(args: EdgeArgs) -> Result<()> {
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let options = EdgeOptions {
         listen: args.listen,
         workers,
@@ -91,7 +99,13 @@ fn check(dirs: &[PathBuf]) -> Result<()> {
     let mut failed = 0;
     for (origin, path) in meridian_edge::zones::zone_files(dirs)? {
         match meridian_edge::zones::load_zone(&origin, &path) {
-            Ok(zone) => println!("{}: {} records, {} names, serial {}", origin, zone.record_count(), zone.node_count(), zone.serial()),
+            Ok(zone) => println!(
+                "{}: {} records, {} names, serial {}",
+                origin,
+                zone.record_count(),
+                zone.node_count(),
+                zone.serial()
+            ),
             Err(reason) => {
                 failed += 1;
                 println!("{}: {reason}", path.display());

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine: installs what the tests need, builds, runs
+# unit/golden/property/no-alloc tests, the end-to-end tests and the differential test vs Knot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in knot nsd dnsperf bind9-dnsutils knot-dnsutils bird2 protobuf-compiler libclang-dev nftables; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+python3 -c 'import dns' 2>/dev/null || python3 -m pip install -q 'dnspython==2.9.*'
+
+echo "== cargo fmt / clippy"
+cargo fmt --all -- --check
+cargo clippy --release --all-targets -q -- -D warnings
+
+echo "== cargo test"
+cargo test --release --workspace -q
+
+echo "== build the binary"
+cargo build --release -q
+
+if [ -x tests/e2e/e2e.sh ]; then
+  echo "== end-to-end (real binary, dig/kdig, UDP/TCP, IPv4/IPv6, SIGHUP/SIGTERM)"
+  tests/e2e/e2e.sh
+fi
+if [ -f tests/diff/knot_diff.py ]; then
+  echo "== differential test against Knot DNS on tests/zones"
+  python3 tests/diff/knot_diff.py --meridian target/release/meridian
+fi
+echo "== all tests passed"
