@@ -8,8 +8,8 @@
 use crate::catalog::Catalog;
 use crate::name::{self, NAME_BYTES_MAX, NAME_LABELS_MAX};
 use crate::query::{
-    self, CLASS_CH, CLASS_IN, Edns, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY,
-    OPCODE_UPDATE, Query, QueryBuffers,
+    self, CLASS_CH, CLASS_IN, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE,
+    Query, QueryBuffers,
 };
 use crate::rdata::RType;
 use crate::writer::{Full, Section, Writer};
