@@ -148,16 +148,14 @@ impl Edge {
 }
 
 /// Loads the zone directories, logging every zone that fails (file, line, reason).
-pub fn load_and_log(dirs: &[PathBuf], previous: Option<&Catalog>) -> Result<Catalog, Error> {
-    let (catalog, failures) = zones::load_catalog(dirs, previous)?;
+pub fn load_and_log(
+    source: &zones::ZoneSource,
+    previous: Option<&Catalog>,
+) -> Result<Catalog, Error> {
+    let started = std::time::Instant::now();
+    let (catalog, failures) = zones::load_catalog(source, previous)?;
     for f in &failures {
-        let kept = previous.is_some_and(|p| {
-            zones::zone_files(dirs)
-                .ok()
-                .and_then(|files| files.into_iter().find(|(_, path)| path == &f.path))
-                .is_some_and(|(origin, _)| p.get(&origin).is_some())
-        });
-        tracing::error!(file = %f.path.display(), reason = %f.reason, kept_previous_version = kept, "zone not loaded");
+        tracing::error!(file = %f.path.display(), reason = %f.reason, kept_previous_version = f.kept_previous, "zone not loaded");
     }
     // Building a zone leaves freed parse buffers in malloc's arenas; hand them back to the OS so
     // the resident size reflects the catalog, not the load.
@@ -170,15 +168,16 @@ pub fn load_and_log(dirs: &[PathBuf], previous: Option<&Catalog>) -> Result<Cata
         zones = catalog.len(),
         records,
         failed = failures.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
         "catalog loaded"
     );
     Ok(catalog)
 }
 
 /// Serves zone directories until SIGTERM or SIGINT; SIGHUP reloads them.
-pub async fn run_static(options: EdgeOptions, dirs: Vec<PathBuf>) -> Result<(), Error> {
+pub async fn run_static(options: EdgeOptions, source: zones::ZoneSource) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
-    let catalog = load_and_log(&dirs, None)?;
+    let catalog = load_and_log(&source, None)?;
     let mut hup = signal(SignalKind::hangup()).map_err(|e| Error::Io("SIGHUP".into(), e))?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM".into(), e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Io("SIGINT".into(), e))?;
@@ -190,8 +189,8 @@ pub async fn run_static(options: EdgeOptions, dirs: Vec<PathBuf>) -> Result<(), 
         tokio::select! {
             _ = hup.recv() => {
                 let previous = edge.catalog.load_full();
-                let dirs = dirs.clone();
-                let loaded = tokio::task::spawn_blocking(move || load_and_log(&dirs, Some(&previous))).await;
+                let source = source.clone();
+                let loaded = tokio::task::spawn_blocking(move || load_and_log(&source, Some(&previous))).await;
                 match loaded {
                     Ok(Ok(catalog)) => edge.swap(catalog),
                     Ok(Err(e)) => tracing::error!(error = %e, "reload failed; still serving the previous catalog"),

@@ -10,11 +10,23 @@ use crate::Error;
 /// Zone file size: a 1M-name zone is ~40 MB of text; anything far larger is a mistake.
 pub const ZONE_FILE_BYTES_MAX: u64 = 1 << 30;
 
+/// Where zones come from.
+#[derive(Clone, Debug)]
+pub struct ZoneSource {
+    /// Directories of `<origin>.zone` files.
+    pub dirs: Vec<PathBuf>,
+    /// Follow `$INCLUDE` (paths relative to the including file's directory). Off by default: an
+    /// include lets a zone file pull in any file the edge can read.
+    pub allow_include: bool,
+}
+
 /// One zone that failed to load, with the reason an operator needs to fix it.
 #[derive(Debug)]
 pub struct LoadFailure {
     pub path: PathBuf,
     pub reason: String,
+    /// The previous version of the zone is still being served.
+    pub kept_previous: bool,
 }
 
 /// Every `<origin>.zone` file in `dirs`, sorted by path so loading order is stable.
@@ -47,34 +59,48 @@ pub fn zone_files(dirs: &[PathBuf]) -> Result<Vec<(Name, PathBuf)>, Error> {
     Ok(out)
 }
 
-/// Reads and compiles one zone file. `$INCLUDE` is refused: an edge reads only the files it is
-/// given.
-pub fn load_zone(origin: &Name, path: &Path) -> Result<Zone, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+fn read_zone_text(path: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > ZONE_FILE_BYTES_MAX {
-        return Err(format!("file larger than {ZONE_FILE_BYTES_MAX} bytes"));
+        return Err(format!(
+            "{}: file larger than {ZONE_FILE_BYTES_MAX} bytes",
+            path.display()
+        ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    let records = zonefile::parse(&text, origin, None).map_err(|e| e.to_string())?;
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads and compiles one zone file.
+pub fn load_zone(origin: &Name, path: &Path, allow_include: bool) -> Result<Zone, String> {
+    let text = read_zone_text(path)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let reader = move |file: &str| read_zone_text(&base.join(file));
+    let include: Option<zonefile::IncludeReader> = if allow_include { Some(&reader) } else { None };
+    let records = zonefile::parse(&text, origin, include).map_err(|e| e.to_string())?;
     Zone::build(origin, records).map_err(|e| e.to_string())
 }
 
 /// Builds a catalog from the zone directories. A zone that fails keeps `previous`'s version of
 /// it, if any; failures are returned so the caller can log them (file, line, reason).
 pub fn load_catalog(
-    dirs: &[PathBuf],
+    source: &ZoneSource,
     previous: Option<&Catalog>,
 ) -> Result<(Catalog, Vec<LoadFailure>), Error> {
     let mut catalog = Catalog::new();
     let mut failures = Vec::new();
-    for (origin, path) in zone_files(dirs)? {
-        match load_zone(&origin, &path) {
+    for (origin, path) in zone_files(&source.dirs)? {
+        match load_zone(&origin, &path, source.allow_include) {
             Ok(zone) => catalog.insert(Arc::new(zone)).map_err(Error::Core)?,
             Err(reason) => {
-                if let Some(old) = previous.and_then(|p| p.get(&origin)) {
+                let old = previous.and_then(|p| p.get(&origin));
+                if let Some(old) = old {
                     catalog.insert(old.clone()).map_err(Error::Core)?;
                 }
-                failures.push(LoadFailure { path, reason });
+                failures.push(LoadFailure {
+                    path,
+                    reason,
+                    kept_previous: old.is_some(),
+                });
             }
         }
     }

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use meridian_core::ServerConfig;
 use meridian_core::answer::UDP_PAYLOAD_DEFAULT;
 use meridian_edge::EdgeOptions;
+use meridian_edge::zones::ZoneSource;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,9 @@ enum Command {
         /// Zone directories.
         #[arg(long = "zones", required = true)]
         zones: Vec<PathBuf>,
+        /// Follow `$INCLUDE` directives.
+        #[arg(long)]
+        allow_include: bool,
     },
 }
 
@@ -47,6 +51,9 @@ struct EdgeArgs {
     /// Identity for NSID and CHAOS id.server (default: the host name).
     #[arg(long)]
     identity: Option<String>,
+    /// Follow `$INCLUDE` in zone files (relative to the including file). Off: refused.
+    #[arg(long)]
+    allow_include: bool,
     /// Largest UDP answer, whatever the client offers.
     #[arg(long, default_value_t = UDP_PAYLOAD_DEFAULT)]
     udp_payload_max: u16,
@@ -62,7 +69,10 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Edge(args) => edge(args),
-        Command::Check { zones } => check(&zones),
+        Command::Check {
+            zones,
+            allow_include,
+        } => check(&zones, allow_include),
     }
 }
 
@@ -91,14 +101,18 @@ fn edge(args: EdgeArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(meridian_edge::run_static(options, args.zones))?;
+    let source = ZoneSource {
+        dirs: args.zones,
+        allow_include: args.allow_include,
+    };
+    runtime.block_on(meridian_edge::run_static(options, source))?;
     Ok(())
 }
 
-fn check(dirs: &[PathBuf]) -> Result<()> {
+fn check(dirs: &[PathBuf], allow_include: bool) -> Result<()> {
     let mut failed = 0;
     for (origin, path) in meridian_edge::zones::zone_files(dirs)? {
-        match meridian_edge::zones::load_zone(&origin, &path) {
+        match meridian_edge::zones::load_zone(&origin, &path, allow_include) {
             Ok(zone) => println!(
                 "{}: {} records, {} names, serial {}",
                 origin,
