@@ -9,7 +9,6 @@
 //! low, and nodes are spread over shards behind `Arc`s so that a later delta copies only the
 //! shards it touches, not the zone.
 
-use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -166,140 +165,198 @@ impl<'a> RRsetRef<'a> {
     }
 }
 
-/// RRsets of one owner while building: type → (TTL, RDATAs in file order, deduplicated).
-type Building = BTreeMap<u16, (u32, Vec<Vec<u8>>)>;
+/// Case-insensitive order of wire names, label bytes compared as lowercase. Only groups equal
+/// owners together; it is not DNSSEC canonical order.
+fn cmp_lower(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let la = a.iter().map(u8::to_ascii_lowercase);
+    let lb = b.iter().map(u8::to_ascii_lowercase);
+    la.cmp(lb)
+}
+
+/// RDATA sets larger than this are deduplicated with a hash set instead of a linear scan.
+const DEDUP_LINEAR_MAX: usize = 16;
 
 impl Zone {
     /// Compiles records into a zone, enforcing the checks every authoritative server makes
     /// (Knot's mandatory semantic checks): one SOA at the apex, no CNAME beside other data,
     /// nothing below a DNAME, no data outside the zone.
-    pub fn build(origin: &Name, records: Vec<Record>) -> Result<Zone, Error> {
+    ///
+    /// Records are sorted by owner and type and packed group by group, so the transient memory
+    /// is the records themselves plus the packed nodes, whatever the zone's size.
+    pub fn build(origin: &Name, mut records: Vec<Record>) -> Result<Zone, Error> {
         if records.len() > ZONE_RECORDS_MAX {
             return Err(Error::LimitExceeded("records per zone", ZONE_RECORDS_MAX));
         }
         let origin = origin.to_lowercase();
-        let mut names: hashbrown::HashMap<Box<[u8]>, Building, foldhash::fast::FixedState> =
-            hashbrown::HashMap::with_capacity_and_hasher(
-                records.len(),
-                foldhash::fast::FixedState::with_seed(HASH_SEED),
-            );
-        let mut record_count = 0;
-        for r in records {
+        for r in &records {
             if !r.owner.is_subdomain_of(&origin) {
                 return Err(Error::OutOfZone(r.owner.to_string()));
             }
-            let key: Box<[u8]> = r.owner.to_lowercase().wire().into();
-            let sets = names.entry(key).or_default();
-            let (_, rdatas) = sets.entry(r.rtype.0).or_insert_with(|| (r.ttl, Vec::new()));
-            // RFC 2181 §5: an RRset holds no duplicates. The first TTL wins, as in Knot.
-            if !rdatas.contains(&r.rdata) {
-                if rdatas.len() >= RRSET_RECORDS_MAX {
-                    return Err(Error::LimitExceeded("records per RRset", RRSET_RECORDS_MAX));
-                }
-                rdatas.push(r.rdata);
-                record_count += 1;
-            }
         }
-        let apex = names.get(origin.wire()).ok_or(Error::SoaMissing)?;
-        let soa = apex.get(&RType::SOA.0).ok_or(Error::SoaMissing)?;
-        if soa.1.len() != 1 {
-            return Err(Error::SoaMultiple);
-        }
-        let soa_rdata = &soa.1[0];
-        let mut spans = [(0, 0); 2];
-        rdata_spans_check(RType::SOA, soa_rdata, &mut spans)?;
-        let fixed = &soa_rdata[spans[1].0 + spans[1].1..];
-        let serial = u32::from_be_bytes(fixed[0..4].try_into().expect("SOA fixed fields"));
-        let minimum = u32::from_be_bytes(fixed[16..20].try_into().expect("SOA fixed fields"));
-        let negative_ttl = soa.0.min(minimum);
+        // Stable: records of one RRset keep their file order.
+        records
+            .sort_by(|a, b| cmp_lower(a.owner.wire(), b.owner.wire()).then(a.rtype.cmp(&b.rtype)));
 
-        // Semantic checks, per owner.
-        for (owner, sets) in &names {
-            let owner_text = || name::wire_to_text(owner);
-            if sets.contains_key(&RType::SOA.0) && owner.as_ref() != origin.wire() {
-                return Err(Error::SoaNotAtApex(owner_text()));
+        let mut blobs: Vec<Box<[u8]>> = Vec::new();
+        let mut record_count = 0usize;
+        let mut soa: Option<(u32, Vec<u8>)> = None;
+        let mut idx = 0;
+        let mut sets: Vec<(RType, u32, Vec<&[u8]>)> = Vec::new();
+        let mut seen: hashbrown::HashSet<&[u8]> = hashbrown::HashSet::new();
+        while idx < records.len() {
+            let owner_end = idx
+                + records[idx..]
+                    .iter()
+                    .take_while(|r| {
+                        r.owner
+                            .wire()
+                            .eq_ignore_ascii_case(records[idx].owner.wire())
+                    })
+                    .count();
+            let owner = records[idx].owner.to_lowercase();
+            let owner_text = || owner.to_string();
+            let is_apex = owner == origin;
+            sets.clear();
+            for r in &records[idx..owner_end] {
+                match sets.last_mut() {
+                    Some((t, _, rdatas)) if *t == r.rtype => {
+                        let duplicate = if rdatas.len() < DEDUP_LINEAR_MAX {
+                            rdatas.contains(&r.rdata.as_slice())
+                        } else {
+                            if seen.is_empty() {
+                                seen.extend(rdatas.iter().copied());
+                            }
+                            !seen.insert(r.rdata.as_slice())
+                        };
+                        // RFC 2181 §5: an RRset holds no duplicates. The first TTL wins, as in Knot.
+                        if !duplicate {
+                            if rdatas.len() >= RRSET_RECORDS_MAX {
+                                return Err(Error::LimitExceeded(
+                                    "records per RRset",
+                                    RRSET_RECORDS_MAX,
+                                ));
+                            }
+                            rdatas.push(&r.rdata);
+                        }
+                    }
+                    _ => {
+                        seen.clear();
+                        sets.push((r.rtype, r.ttl, vec![r.rdata.as_slice()]));
+                    }
+                }
             }
-            if let Some((_, cnames)) = sets.get(&RType::CNAME.0) {
+            let has = |t: RType| sets.iter().find(|(st, _, _)| *st == t);
+            if let Some((_, ttl, rdatas)) = has(RType::SOA) {
+                if !is_apex {
+                    return Err(Error::SoaNotAtApex(owner_text()));
+                }
+                if rdatas.len() != 1 {
+                    return Err(Error::SoaMultiple);
+                }
+                soa = Some((*ttl, rdatas[0].to_vec()));
+            }
+            if let Some((_, _, cnames)) = has(RType::CNAME) {
                 if cnames.len() > 1 {
                     return Err(Error::CnameMultiple(owner_text()));
                 }
                 // RFC 2181 §10.1; DNSSEC types may sit beside a CNAME (RFC 4035 §2.5).
-                let others = sets
-                    .keys()
-                    .any(|&t| !matches!(RType(t), RType::CNAME | RType::RRSIG | RType::NSEC));
-                if others {
+                if sets
+                    .iter()
+                    .any(|(t, _, _)| !matches!(*t, RType::CNAME | RType::RRSIG | RType::NSEC))
+                {
                     return Err(Error::CnameAndOtherData(owner_text()));
                 }
             }
-            if sets.get(&RType::DNAME.0).is_some_and(|(_, d)| d.len() > 1) {
+            if has(RType::DNAME).is_some_and(|(_, _, d)| d.len() > 1) {
                 return Err(Error::DnameMultiple(owner_text()));
             }
+            let mut node_flags = 0u8;
+            if is_apex {
+                node_flags |= flags::APEX;
+            }
+            if !is_apex && has(RType::NS).is_some() {
+                node_flags |= flags::CUT;
+            }
+            if has(RType::DNAME).is_some() {
+                node_flags |= flags::DNAME;
+            }
+            if has(RType::CNAME).is_some() {
+                node_flags |= flags::CNAME;
+            }
+            record_count += sets.iter().map(|(_, _, r)| r.len()).sum::<usize>();
+            blobs.push(pack_node(owner.wire(), node_flags, &sets));
+            idx = owner_end;
         }
-        // Empty non-terminals and DNAME children, walking each name's ancestors up to the apex.
-        let mut ents: Vec<Box<[u8]>> = Vec::new();
-        let mut wildcard_parents: hashbrown::HashSet<Box<[u8]>> = hashbrown::HashSet::new();
-        for owner in names.keys() {
+        drop(seen);
+        drop(records);
+        let (soa_ttl, soa_rdata) = soa.ok_or(Error::SoaMissing)?;
+        let mut spans = [(0, 0); 2];
+        rdata_spans_check(RType::SOA, &soa_rdata, &mut spans)?;
+        let fixed = &soa_rdata[spans[1].0 + spans[1].1..];
+        let serial = u32::from_be_bytes(fixed[0..4].try_into().expect("SOA fixed fields"));
+        let minimum = u32::from_be_bytes(fixed[16..20].try_into().expect("SOA fixed fields"));
+
+        let node_estimate = blobs.len() + blobs.len() / 8;
+        let shard_count = (node_estimate / SHARD_NODES_TARGET)
+            .max(1)
+            .next_power_of_two();
+        let shard_shift = 64 - shard_count.trailing_zeros();
+        let mut shards: Vec<Shard> = (0..shard_count)
+            .map(|_| HashTable::with_capacity(node_estimate / shard_count + 8))
+            .collect();
+        let node_hash = |b: &Box<[u8]>| hash_name(NodeRef { blob: b }.name());
+        for blob in blobs {
+            let hash = node_hash(&blob);
+            shards[shard_index(hash, shard_shift)].insert_unique(hash, blob, node_hash);
+        }
+        let mut zone = Zone {
+            origin,
+            shards: Box::new([]),
+            shard_shift,
+            record_count,
+            node_count: 0,
+            serial,
+            negative_ttl: soa_ttl.min(minimum),
+        };
+        // Empty non-terminals, DNAME children and wildcard parents: walk each owner's ancestors.
+        let owners: Vec<Box<[u8]>> = shards
+            .iter()
+            .flat_map(|s| s.iter().map(|b| NodeRef { blob: b }.name().into()))
+            .collect();
+        let origin_len = zone.origin.wire().len();
+        for owner in &owners {
             let mut pos = 0usize;
-            let origin_len = origin.wire().len();
             while owner.len() - pos > origin_len {
                 let label_len = owner[pos] as usize;
                 let parent = &owner[pos + 1 + label_len..];
-                if label_len == 1 && owner[pos + 1] == b'*' {
-                    wildcard_parents.insert(parent.into());
-                }
-                match names.get(parent) {
-                    Some(sets) => {
-                        if sets.contains_key(&RType::DNAME.0) {
+                let is_wildcard = label_len == 1 && owner[pos + 1] == b'*';
+                let hash = hash_name(parent);
+                let shard = &mut shards[shard_index(hash, shard_shift)];
+                match shard.find_mut(hash, |b| NodeRef { blob: b }.name() == parent) {
+                    Some(blob) => {
+                        let flags_at = 1 + blob[0] as usize;
+                        if blob[flags_at] & flags::DNAME != 0 {
                             return Err(Error::DnameHasChildren(name::wire_to_text(parent)));
                         }
+                        if is_wildcard {
+                            blob[flags_at] |= flags::WILDCARD_CHILD;
+                        }
                     }
-                    None => ents.push(parent.into()),
+                    None => {
+                        let node_flags = if is_wildcard {
+                            flags::WILDCARD_CHILD
+                        } else {
+                            0
+                        };
+                        shard.insert_unique(hash, pack_node(parent, node_flags, &[]), node_hash);
+                    }
                 }
                 pos += 1 + label_len;
             }
         }
-        for ent in ents {
-            names.entry(ent).or_default();
-        }
-
-        let node_count = names.len();
-        let shard_count = (node_count / SHARD_NODES_TARGET).max(1).next_power_of_two();
-        let shard_shift = 64 - shard_count.trailing_zeros();
-        let mut shards: Vec<HashTable<Box<[u8]>>> = (0..shard_count)
-            .map(|_| HashTable::with_capacity(node_count / shard_count + 8))
-            .collect();
-        for (owner, sets) in names {
-            let mut node_flags = 0u8;
-            let is_apex = owner.as_ref() == origin.wire();
-            if is_apex {
-                node_flags |= flags::APEX;
-            }
-            if !is_apex && sets.contains_key(&RType::NS.0) {
-                node_flags |= flags::CUT;
-            }
-            if sets.contains_key(&RType::DNAME.0) {
-                node_flags |= flags::DNAME;
-            }
-            if sets.contains_key(&RType::CNAME.0) {
-                node_flags |= flags::CNAME;
-            }
-            if wildcard_parents.contains(&owner) {
-                node_flags |= flags::WILDCARD_CHILD;
-            }
-            let blob = pack_node(&owner, node_flags, &sets)?;
-            let hash = hash_name(&owner);
-            let shard = shard_index(hash, shard_shift);
-            shards[shard].insert_unique(hash, blob, |b| hash_name(NodeRef { blob: b }.name()));
-        }
-        Ok(Zone {
-            origin,
-            shards: shards.into_iter().map(Arc::new).collect(),
-            shard_shift,
-            record_count,
-            node_count,
-            serial,
-            negative_ttl,
-        })
+        zone.node_count = shards.iter().map(|s| s.len()).sum();
+        zone.shards = shards.into_iter().map(Arc::new).collect();
+        Ok(zone)
     }
 
     pub fn origin(&self) -> &Name {
@@ -395,9 +452,9 @@ fn rdata_spans_check(
     Ok(())
 }
 
-fn pack_node(owner: &[u8], node_flags: u8, sets: &Building) -> Result<Box<[u8]>, Error> {
+fn pack_node(owner: &[u8], node_flags: u8, sets: &[(RType, u32, Vec<&[u8]>)]) -> Box<[u8]> {
     let mut size = 1 + owner.len() + 3;
-    for (_, rdatas) in sets.values() {
+    for (_, _, rdatas) in sets {
         size += 12 + rdatas.iter().map(|r| 2 + r.len()).sum::<usize>();
     }
     let mut blob = Vec::with_capacity(size);
@@ -405,9 +462,9 @@ fn pack_node(owner: &[u8], node_flags: u8, sets: &Building) -> Result<Box<[u8]>,
     blob.extend_from_slice(owner);
     blob.push(node_flags);
     blob.extend_from_slice(&(sets.len() as u16).to_be_bytes());
-    for (&rtype, (ttl, rdatas)) in sets {
+    for (rtype, ttl, rdatas) in sets {
         let data_len: usize = rdatas.iter().map(|r| 2 + r.len()).sum();
-        blob.extend_from_slice(&rtype.to_be_bytes());
+        blob.extend_from_slice(&rtype.0.to_be_bytes());
         blob.extend_from_slice(&ttl.to_be_bytes());
         blob.extend_from_slice(&(rdatas.len() as u16).to_be_bytes());
         blob.extend_from_slice(&(data_len as u32).to_be_bytes());
@@ -417,5 +474,5 @@ fn pack_node(owner: &[u8], node_flags: u8, sets: &Building) -> Result<Box<[u8]>,
         }
     }
     debug_assert_eq!(blob.len(), size);
-    Ok(blob.into_boxed_slice())
+    blob.into_boxed_slice()
 }
