@@ -304,6 +304,8 @@ impl Zone {
         let mut shards: Vec<Shard> = (0..shard_count)
             .map(|_| HashTable::with_capacity(node_estimate / shard_count + 8))
             .collect();
+        // hashbrown's rehash callback hands us the stored element, a `&Box<[u8]>`.
+        #[allow(clippy::borrowed_box)]
         let node_hash = |b: &Box<[u8]>| hash_name(NodeRef { blob: b }.name());
         for blob in blobs {
             let hash = node_hash(&blob);
