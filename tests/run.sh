@@ -26,9 +26,9 @@ cargo test --release --workspace -q
 echo "== build the binary"
 cargo build --release -q
 
-if [ -x tests/e2e/e2e.sh ]; then
+if [ -f tests/e2e/e2e.py ]; then
   echo "== end-to-end (real binary, dig/kdig, UDP/TCP, IPv4/IPv6, SIGHUP/SIGTERM)"
-  tests/e2e/e2e.sh
+  python3 tests/e2e/e2e.py --meridian target/release/meridian
 fi
 if [ -f tests/diff/knot_diff.py ]; then
   echo "== differential test against Knot DNS on tests/zones"

@@ -8,8 +8,8 @@
 use crate::catalog::Catalog;
 use crate::name::{self, NAME_BYTES_MAX, NAME_LABELS_MAX};
 use crate::query::{
-    self, CLASS_CH, CLASS_IN, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY, OPCODE_UPDATE,
-    Query, QueryBuffers,
+    self, CLASS_CH, CLASS_IN, Edns, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY,
+    OPCODE_UPDATE, Query, QueryBuffers,
 };
 use crate::rdata::RType;
 use crate::writer::{Full, Section, Writer};
@@ -102,7 +102,7 @@ pub fn respond(
     let q = match query::parse(packet, &mut scratch.query) {
         Ok(q) => q,
         Err(Malformed::Drop) => return Outcome::Drop,
-        Err(Malformed::FormErr) => return formerr(packet, out),
+        Err(Malformed::FormErr(edns)) => return formerr(packet, edns, config.udp_payload_max, out),
     };
     let qname = &scratch.query.qname_lower[..q.qname_len];
     let limit = match (transport, q.edns) {
@@ -121,7 +121,7 @@ pub fn respond(
     let opt_bytes = if q.edns.is_some() { 11 + nsid_bytes } else { 0 };
     let start = HEADER_BYTES + q.question.len();
     if start + opt_bytes > limit {
-        return formerr(packet, out);
+        return formerr(packet, q.edns, config.udp_payload_max, out);
     }
     out[HEADER_BYTES..start].copy_from_slice(q.question);
     let mut w = Writer::new(out, start, limit - opt_bytes);
@@ -215,9 +215,11 @@ fn write_header(buf: &mut [u8], q: &Query, f: &Flags, counts: [u16; 3]) {
     buf[10..12].copy_from_slice(&counts[2].to_be_bytes());
 }
 
-/// FORMERR with the header only: the question may be what was malformed.
-fn formerr(packet: &[u8], out: &mut [u8]) -> Outcome {
-    if packet.len() < HEADER_BYTES || out.len() < HEADER_BYTES {
+/// FORMERR without the question (it may be what was malformed), with an OPT when the query had
+/// a readable one (RFC 6891 §7).
+fn formerr(packet: &[u8], edns: Option<Edns>, payload: u16, out: &mut [u8]) -> Outcome {
+    const OPT_BYTES: usize = 11;
+    if packet.len() < HEADER_BYTES || out.len() < HEADER_BYTES + OPT_BYTES {
         return Outcome::Drop;
     }
     out[..HEADER_BYTES].fill(0);
@@ -225,8 +227,18 @@ fn formerr(packet: &[u8], out: &mut [u8]) -> Outcome {
     // QR, the opcode and RD copied; rcode FORMERR.
     out[2] = 0x80 | (packet[2] & 0x79);
     out[3] = rcode::FORMERR as u8;
+    let mut len = HEADER_BYTES;
+    if let Some(e) = edns {
+        out[11] = 1;
+        let opt = &mut out[HEADER_BYTES..HEADER_BYTES + OPT_BYTES];
+        opt.fill(0);
+        opt[1..3].copy_from_slice(&RType::OPT.0.to_be_bytes());
+        opt[3..5].copy_from_slice(&payload.to_be_bytes());
+        opt[7] = if e.dnssec_ok { 0x80 } else { 0 };
+        len += OPT_BYTES;
+    }
     Outcome::Reply {
-        len: HEADER_BYTES,
+        len,
         rcode: rcode::FORMERR,
     }
 }
@@ -497,6 +509,10 @@ fn answer_in(
                         &synth[..new_len],
                     )?;
                     let synth = &synth[..new_len];
+                    // The synthesized CNAME is the CNAME at the query name: it is the answer.
+                    if q.qtype == RType::CNAME && links == 0 {
+                        return Ok(());
+                    }
                     visited[links] = node.name();
                     if !follow(zone, synth, &mut links, &mut sname_buf, &mut sname_len) {
                         return Ok(());

@@ -66,8 +66,9 @@ pub struct Query<'p> {
 pub enum Malformed {
     /// Not worth a reply: too short for a header, or a response (QR=1, RFC 1035 §4.1.1).
     Drop,
-    /// Header readable; reply FORMERR (RFC 1035 §4.1.1 rcode 1).
-    FormErr,
+    /// Header readable; reply FORMERR (RFC 1035 §4.1.1 rcode 1), with an OPT if the query
+    /// carried a well-formed one (RFC 6891 §7).
+    FormErr(Option<Edns>),
 }
 
 /// Scratch space a query is decoded into; one per worker, reused.
@@ -142,6 +143,41 @@ fn skip_name(packet: &[u8], pos: usize) -> Option<usize> {
     read_name(packet, pos, &mut scratch).map(|(end, _)| end)
 }
 
+/// Records walked looking for the OPT of a query we will FORMERR: a bound on wasted work.
+const SCAN_RECORDS_MAX: usize = 16;
+
+/// Best effort: the OPT of a packet whose section counts we reject, if every section parses.
+fn scan_opt(packet: &[u8], counts: [u16; 4]) -> Option<Edns> {
+    let records = counts[1] as usize + counts[2] as usize + counts[3] as usize;
+    if counts[0] as usize + records > SCAN_RECORDS_MAX {
+        return None;
+    }
+    let mut pos = HEADER_BYTES;
+    for _ in 0..counts[0] {
+        pos = skip_name(packet, pos)? + 4;
+    }
+    let mut edns = None;
+    for idx in 0..records {
+        let owner = pos;
+        let at = skip_name(packet, pos)?;
+        let rdlen = be16(packet, at + 8)? as usize;
+        packet.get(at + 10..at + 10 + rdlen)?;
+        if idx >= records - counts[3] as usize && be16(packet, at)? == RType::OPT.0 {
+            if edns.is_some() || packet[owner] != 0 {
+                return None;
+            }
+            edns = Some(Edns {
+                payload: be16(packet, at + 2)?.max(512),
+                version: packet[at + 5],
+                dnssec_ok: packet[at + 6] & 0x80 != 0,
+                nsid: false,
+            });
+        }
+        pos = at + 10 + rdlen;
+    }
+    edns
+}
+
 /// Parses a query. `Err(Drop)` means send nothing.
 pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>, Malformed> {
     if packet.len() < HEADER_BYTES {
@@ -158,17 +194,20 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
     // RFC 9619: exactly one question. A query carries no answer or authority records
     // (UPDATE and NOTIFY use them, and we implement neither).
     if qdcount != 1 || ancount != 0 || nscount != 0 || arcount > QUERY_ADDITIONAL_MAX {
-        return Err(Malformed::FormErr);
+        return Err(Malformed::FormErr(scan_opt(
+            packet,
+            [qdcount, ancount, nscount, arcount],
+        )));
     }
     let (name_end, qname_len) =
-        read_name(packet, HEADER_BYTES, &mut bufs.qname_lower).ok_or(Malformed::FormErr)?;
+        read_name(packet, HEADER_BYTES, &mut bufs.qname_lower).ok_or(Malformed::FormErr(None))?;
     // A question name never needs compression; a pointer there is malformed.
     if name_end - HEADER_BYTES != qname_len {
-        return Err(Malformed::FormErr);
+        return Err(Malformed::FormErr(None));
     }
     bufs.qname_lower[..qname_len].make_ascii_lowercase();
-    let qtype = be16(packet, name_end).ok_or(Malformed::FormErr)?;
-    let qclass = be16(packet, name_end + 2).ok_or(Malformed::FormErr)?;
+    let qtype = be16(packet, name_end).ok_or(Malformed::FormErr(None))?;
+    let qclass = be16(packet, name_end + 2).ok_or(Malformed::FormErr(None))?;
     let question_end = name_end + 4;
 
     let mut edns = None;
@@ -177,33 +216,33 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
     for idx in 0..arcount {
         if tsig.is_some() {
             // RFC 8945 §5.1: TSIG must be the last record.
-            return Err(Malformed::FormErr);
+            return Err(Malformed::FormErr(None));
         }
         let owner_start = pos;
-        let type_at = skip_name(packet, pos).ok_or(Malformed::FormErr)?;
-        let rtype = be16(packet, type_at).ok_or(Malformed::FormErr)?;
-        let class = be16(packet, type_at + 2).ok_or(Malformed::FormErr)?;
-        let ttl_hi = be16(packet, type_at + 4).ok_or(Malformed::FormErr)?;
-        let ttl_lo = be16(packet, type_at + 6).ok_or(Malformed::FormErr)?;
-        let rdlen = be16(packet, type_at + 8).ok_or(Malformed::FormErr)? as usize;
+        let type_at = skip_name(packet, pos).ok_or(Malformed::FormErr(None))?;
+        let rtype = be16(packet, type_at).ok_or(Malformed::FormErr(None))?;
+        let class = be16(packet, type_at + 2).ok_or(Malformed::FormErr(None))?;
+        let ttl_hi = be16(packet, type_at + 4).ok_or(Malformed::FormErr(None))?;
+        let ttl_lo = be16(packet, type_at + 6).ok_or(Malformed::FormErr(None))?;
+        let rdlen = be16(packet, type_at + 8).ok_or(Malformed::FormErr(None))? as usize;
         let rdata_at = type_at + 10;
         let rdata = packet
             .get(rdata_at..rdata_at + rdlen)
-            .ok_or(Malformed::FormErr)?;
+            .ok_or(Malformed::FormErr(None))?;
         pos = rdata_at + rdlen;
         match RType(rtype) {
             RType::OPT => {
                 // RFC 6891 §6.1.1: one OPT, owner the root.
                 if edns.is_some() || type_at != owner_start + 1 || packet[owner_start] != 0 {
-                    return Err(Malformed::FormErr);
+                    return Err(Malformed::FormErr(None));
                 }
                 let mut nsid = false;
                 let mut at = 0;
                 while at < rdata.len() {
-                    let code = be16(rdata, at).ok_or(Malformed::FormErr)?;
-                    let len = be16(rdata, at + 2).ok_or(Malformed::FormErr)? as usize;
+                    let code = be16(rdata, at).ok_or(Malformed::FormErr(None))?;
+                    let len = be16(rdata, at + 2).ok_or(Malformed::FormErr(None))? as usize;
                     if at + 4 + len > rdata.len() {
-                        return Err(Malformed::FormErr);
+                        return Err(Malformed::FormErr(None));
                     }
                     if code == EDNS_OPTION_NSID {
                         nsid = true;
@@ -219,20 +258,21 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
             }
             RType::TSIG => {
                 let (_, key_len) = read_name(packet, owner_start, &mut bufs.tsig_name)
-                    .ok_or(Malformed::FormErr)?;
+                    .ok_or(Malformed::FormErr(None))?;
                 let mut alg = [0u8; NAME_BYTES_MAX];
                 let (alg_end, alg_len) =
-                    read_name(packet, rdata_at, &mut alg).ok_or(Malformed::FormErr)?;
+                    read_name(packet, rdata_at, &mut alg).ok_or(Malformed::FormErr(None))?;
                 if alg_end - rdata_at != alg_len {
-                    return Err(Malformed::FormErr);
+                    return Err(Malformed::FormErr(None));
                 }
                 // time(6) fudge(2) mac_size(2) mac original_id(2) error(2) other_len(2) other
-                let mac_size = be16(packet, alg_end + 8).ok_or(Malformed::FormErr)? as usize;
+                let mac_size = be16(packet, alg_end + 8).ok_or(Malformed::FormErr(None))? as usize;
                 let after_mac = alg_end + 10 + mac_size;
-                let original_id = be16(packet, after_mac).ok_or(Malformed::FormErr)?;
-                let other_len = be16(packet, after_mac + 4).ok_or(Malformed::FormErr)? as usize;
+                let original_id = be16(packet, after_mac).ok_or(Malformed::FormErr(None))?;
+                let other_len =
+                    be16(packet, after_mac + 4).ok_or(Malformed::FormErr(None))? as usize;
                 if after_mac + 6 + other_len != pos {
-                    return Err(Malformed::FormErr);
+                    return Err(Malformed::FormErr(None));
                 }
                 tsig = Some(Tsig {
                     key_name_len: key_len,

@@ -345,6 +345,16 @@ fn malformed_packets_get_formerr_or_nothing() {
         ("truncated qname", truncated, Some(1)),
         ("arcount beyond data", arcount_lie, Some(1)),
     ];
+    // RFC 6891 §7: a FORMERR to a query with a readable OPT carries an OPT.
+    let (with_opt, _) = support::query("www.example.", "A", "do");
+    let mut no_question = with_opt[..12].to_vec();
+    no_question[5] = 0;
+    no_question.extend_from_slice(&with_opt[with_opt.len() - 11..]);
+    let reply = support::ask(&catalog, &no_question, meridian_core::Transport::Udp, "").unwrap();
+    assert_eq!(
+        support::render(&reply),
+        "FORMERR\nar OPT payload=1232 do=1 v=0 opts=[]"
+    );
     for (what, packet, rcode) in cases {
         let got = support::ask(&catalog, &packet, meridian_core::Transport::Udp, "");
         assert_eq!(got.as_ref().map(|r| r[3] & 0xF), rcode, "{what}");

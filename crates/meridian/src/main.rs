@@ -1,6 +1,7 @@
 //! `meridian`: the one binary. Daemons (`edge`) and, as later issues land, the control node,
 //! `dev` and the client commands.
 
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -65,6 +66,7 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -111,9 +113,11 @@ fn edge(args: EdgeArgs) -> Result<()> {
 
 fn check(dirs: &[PathBuf], allow_include: bool) -> Result<()> {
     let mut failed = 0;
+    // A closed pipe (`| head`) ends the listing quietly instead of panicking in println!.
+    let mut out = std::io::stdout().lock();
     for (origin, path) in meridian_edge::zones::zone_files(dirs)? {
-        match meridian_edge::zones::load_zone(&origin, &path, allow_include) {
-            Ok(zone) => println!(
+        let line = match meridian_edge::zones::load_zone(&origin, &path, allow_include) {
+            Ok(zone) => format!(
                 "{}: {} records, {} names, serial {}",
                 origin,
                 zone.record_count(),
@@ -122,8 +126,11 @@ fn check(dirs: &[PathBuf], allow_include: bool) -> Result<()> {
             ),
             Err(reason) => {
                 failed += 1;
-                println!("{}: {reason}", path.display());
+                format!("{}: {reason}", path.display())
             }
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
         }
     }
     anyhow::ensure!(failed == 0, "{failed} zone(s) failed");
