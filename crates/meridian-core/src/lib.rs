@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod catalog;
+pub mod change;
 pub mod name;
 pub mod query;
 pub mod rdata;

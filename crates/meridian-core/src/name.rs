@@ -301,6 +301,58 @@ impl fmt::Debug for Name {
     }
 }
 
+/// Presentation text (`www.example.com.`) in human-readable formats such as JSON, so stored and
+/// logged changes read as DNS; uncompressed wire octets in binary formats. Both forms read back
+/// only as an absolute, valid name.
+impl serde::Serialize for Name {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_bytes(&self.wire)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Name, D::Error> {
+        struct NameVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for NameVisitor {
+            type Value = Name;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an absolute domain name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Name, E> {
+                Name::parse(text, None).map_err(|e| E::custom(format_args!("{text:?}: {e}")))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, wire: &[u8]) -> Result<Name, E> {
+                Name::from_wire(wire).map_err(E::custom)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Name, A::Error> {
+                let mut wire = Vec::with_capacity(NAME_BYTES_MAX);
+                while let Some(b) = seq.next_element::<u8>()? {
+                    if wire.len() == NAME_BYTES_MAX {
+                        return Err(serde::de::Error::custom(Error::NameTooLong));
+                    }
+                    wire.push(b);
+                }
+                self.visit_bytes(&wire)
+            }
+        }
+
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(NameVisitor)
+        } else {
+            deserializer.deserialize_bytes(NameVisitor)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +372,15 @@ mod tests {
         let long = format!("{}.", vec!["x".repeat(63); 4].join("."));
         assert!(Name::parse(&long, None).is_err(), "257 octets");
         assert!(Name::parse("\\256.", None).is_err());
+    }
+
+    #[test]
+    fn serde_as_text() {
+        let name = Name::parse("a\\.b.Example.", None).unwrap();
+        let json = serde_json::to_string(&name).unwrap();
+        assert_eq!(json, r#""a\\.b.Example.""#);
+        assert_eq!(serde_json::from_str::<Name>(&json).unwrap(), name);
+        assert!(serde_json::from_str::<Name>(r#""relative""#).is_err());
     }
 
     #[test]

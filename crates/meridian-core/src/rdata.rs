@@ -120,6 +120,49 @@ impl std::fmt::Display for RType {
     }
 }
 
+/// The mnemonic (`"MX"`, `"TYPE65280"`) in human-readable formats such as JSON; the type code in
+/// binary formats. Either form, or a bare number, reads back.
+impl serde::Serialize for RType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_u16(self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RType {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RType, D::Error> {
+        struct RTypeVisitor;
+
+        impl serde::de::Visitor<'_> for RTypeVisitor {
+            type Value = RType;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a record type mnemonic or code")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RType, E> {
+                RType::from_text(text)
+                    .ok_or_else(|| E::custom(Error::TypeUnknown(text.to_string())))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, code: u64) -> Result<RType, E> {
+                u16::try_from(code)
+                    .map(RType)
+                    .map_err(|_| E::custom(format_args!("record type {code} is over 65535")))
+            }
+        }
+
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_any(RTypeVisitor)
+        } else {
+            deserializer.deserialize_u16(RTypeVisitor)
+        }
+    }
+}
+
 /// One token of record data in presentation format, escapes still in place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Token {
@@ -673,6 +716,23 @@ mod tests {
         );
         assert!(parse_rdata(RType(65280), &toks("\\# 3 0a0b"), &origin).is_err());
         assert!(parse_rdata(RType::A, &toks("\\# 3 0a0b0c"), &origin).is_err());
+    }
+
+    #[test]
+    fn rtype_serde() {
+        assert_eq!(serde_json::to_string(&RType::MX).unwrap(), r#""MX""#);
+        assert_eq!(
+            serde_json::to_string(&RType(65280)).unwrap(),
+            r#""TYPE65280""#
+        );
+        assert_eq!(serde_json::from_str::<RType>(r#""mx""#).unwrap(), RType::MX);
+        assert_eq!(
+            serde_json::from_str::<RType>(r#""TYPE65280""#).unwrap(),
+            RType(65280)
+        );
+        assert_eq!(serde_json::from_str::<RType>("28").unwrap(), RType::AAAA);
+        assert!(serde_json::from_str::<RType>(r#""NOPE""#).is_err());
+        assert!(serde_json::from_str::<RType>("70000").is_err());
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl State {
             bytes: text.as_bytes(),
             pos: 0,
             line: 1,
+            comments: true,
         };
         while let Some(entry) = lexer
             .next_entry()
@@ -219,10 +220,34 @@ fn parse_class(text: &str) -> Option<u16> {
     }
 }
 
+/// Splits the presentation-format text of one record's data (an API value such as
+/// `10 mail.example.com.` or `"v=spf1" "-all"`) into tokens for [`rdata::parse_rdata`]: quoted
+/// strings, escapes left in place, parentheses and line breaks as blank space. Unlike a zone
+/// file, `;` starts no comment: a value is not a file line, and silently dropping what follows
+/// an unquoted `;` would change the data.
+pub fn tokenize(text: &str) -> Result<Vec<Token>, Error> {
+    let mut lexer = Lexer {
+        bytes: text.as_bytes(),
+        pos: 0,
+        line: 1,
+        comments: false,
+    };
+    let mut tokens = Vec::new();
+    while let Some(entry) = lexer.next_entry().map_err(|(_, error)| error)? {
+        tokens.extend(entry.tokens);
+        if tokens.len() > RECORD_TOKENS_MAX {
+            return Err(Error::RecordTooLong);
+        }
+    }
+    Ok(tokens)
+}
+
 struct Lexer<'a> {
     bytes: &'a [u8],
     pos: usize,
     line: usize,
+    /// `;` starts a comment (zone files) or is an ordinary character ([`tokenize`]).
+    comments: bool,
 }
 
 impl Lexer<'_> {
@@ -252,7 +277,7 @@ impl Lexer<'_> {
                             break;
                         }
                     }
-                    b';' => {
+                    b';' if self.comments => {
                         while self.bytes.get(self.pos).is_some_and(|&c| c != b'\n') {
                             self.pos += 1;
                         }
@@ -293,7 +318,8 @@ impl Lexer<'_> {
                     _ => {
                         let start = self.pos;
                         while let Some(&c) = self.bytes.get(self.pos) {
-                            if matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b')' | b'"')
+                            if matches!(c, b' ' | b'\t' | b'\r' | b'\n' | b'(' | b')' | b'"')
+                                || (c == b';' && self.comments)
                             {
                                 break;
                             }
@@ -391,6 +417,28 @@ mod tests {
         .unwrap();
         assert_eq!(recs[0].owner.to_string(), "a.sub.example.");
         assert_eq!(recs[1].owner.to_string(), "b.example.");
+    }
+
+    #[test]
+    fn tokenize_values() {
+        let tokens = tokenize("10 mail.example.com.").unwrap();
+        assert_eq!(
+            tokens,
+            vec![Token::bare("10"), Token::bare("mail.example.com.")]
+        );
+        let tokens = tokenize("\"v=spf1 -all\" x\\ y \"a\\\"b\"").unwrap();
+        assert_eq!(tokens.len(), 3);
+        assert!(tokens[0].quoted);
+        assert_eq!(tokens[0].text, "v=spf1 -all");
+        assert_eq!(tokens[1], Token::bare("x\\ y"));
+        assert_eq!(tokens[2].text, "a\\\"b");
+        // No comments in a value: `;` is data.
+        assert_eq!(
+            tokenize("a;b ;c").unwrap(),
+            vec![Token::bare("a;b"), Token::bare(";c")]
+        );
+        assert_eq!(tokenize("\"open").unwrap_err(), Error::QuoteUnclosed);
+        assert_eq!(tokenize("  ").unwrap(), vec![]);
     }
 
     #[test]
