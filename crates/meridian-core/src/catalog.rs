@@ -53,6 +53,14 @@ impl Catalog {
         self.zones.values()
     }
 
+    /// Checksum of the whole catalog: what the control plane stamps on every catalog version.
+    pub fn checksum(&self) -> u64 {
+        self.zones
+            .values()
+            .map(|z| crate::zone::zone_checksum_term(z.origin().wire(), z.checksum()))
+            .fold(0u64, u64::wrapping_add)
+    }
+
     /// The zone with the longest origin that `lower_qname` lies in (a suffix of it).
     /// `skip_exact` ignores a zone whose apex is the name itself: DS is answered by the parent.
     #[inline]

@@ -1,10 +1,13 @@
 //! The edge node's I/O around the pure core: UDP worker threads, the TCP server, loading and
-//! reloading zone directories, and signals.
+//! reloading zone directories, following the control plane's catalog stream (`sync`), metrics,
+//! and signals.
 //!
 //! Boundary: this crate owns sockets, threads, files and signals; it never decides an answer
 //! (that is `meridian_core::respond`). The catalog it serves is swapped whole and atomically
 //! (`ArcSwap`), so a query sees one catalog version from start to end.
 
+pub mod metrics;
+pub mod sync;
 pub mod tcp;
 pub mod udp;
 pub mod zones;
@@ -204,4 +207,72 @@ pub async fn run_static(options: EdgeOptions, source: zones::ZoneSource) -> Resu
     tracing::info!("stopping");
     edge.stop().await;
     Ok(())
+}
+
+/// Serves what the control plane publishes: the cached catalog at once (static stability), then
+/// every version from the catalog stream, until SIGTERM or SIGINT.
+pub async fn run_controlled(
+    options: EdgeOptions,
+    sync_options: sync::SyncOptions,
+    metrics_addr: Option<SocketAddr>,
+) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM".into(), e))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Io("SIGINT".into(), e))?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let edge = start_controlled(&options, sync_options, metrics_addr, shutdown_rx).await?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("stopping");
+    let _ = shutdown_tx.send(true);
+    edge.stop().await;
+    Ok(())
+}
+
+/// Starts a controlled edge (sockets, cache, catalog stream, metrics) and returns it running.
+pub async fn start_controlled(
+    options: &EdgeOptions,
+    sync_options: sync::SyncOptions,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Edge, Error> {
+    let stats = Arc::new(sync::SyncStats::default());
+    let mut initial = Catalog::new();
+    if let Some(dir) = &sync_options.cache_dir {
+        match sync::read_cache(dir) {
+            Ok((version, catalog)) => {
+                tracing::info!(version, zones = catalog.len(), "serving the cached catalog");
+                stats.applied_version.store(version, Ordering::Relaxed);
+                initial = catalog;
+            }
+            Err(reason) if dir.join("catalog.bin").exists() => {
+                tracing::error!(dir = %dir.display(), %reason, "catalog cache ignored");
+            }
+            Err(_) => tracing::info!(dir = %dir.display(), "no catalog cache yet"),
+        }
+    }
+    let edge = Edge::start(options, initial)?;
+    for addr in &edge.bound {
+        tracing::info!(%addr, workers = options.workers, edge = %sync_options.edge_id, pop = %sync_options.pop, "serving DNS on UDP and TCP");
+    }
+    let served = sync::Served {
+        catalog: edge.catalog.clone(),
+        stats: stats.clone(),
+    };
+    tokio::spawn(sync::run(served, sync_options, shutdown.clone()));
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Bind(addr, e))?;
+        tokio::spawn(metrics::serve(
+            listener,
+            edge.udp_stats.clone(),
+            edge.tcp_stats.clone(),
+            stats,
+            shutdown,
+        ));
+    }
+    Ok(edge)
 }

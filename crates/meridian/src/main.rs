@@ -1,5 +1,7 @@
-//! `meridian`: the one binary. Daemons (`edge`) and, as later issues land, the control node,
-//! `dev` and the client commands.
+//! `meridian`: the one binary. Daemons (`edge`, `control`, `dev`) and the client commands
+//! (`cluster`, `zone`, `record`, `change`, `edges`) that talk gRPC to the control plane.
+
+mod client;
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -19,13 +21,25 @@ use meridian_edge::zones::ZoneSource;
     about = "Self-hosted authoritative DNS platform"
 )]
 struct Cli {
+    /// Control-plane API endpoints, tried in turn.
+    #[arg(
+        long,
+        global = true,
+        env = "MERIDIAN_API",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    api: Vec<String>,
+    /// Output for people (table) or scripts (json).
+    #[arg(long, global = true, value_enum, default_value_t = client::Output::Table)]
+    output: client::Output,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve zone files from directories (every `<origin>.zone`), UDP and TCP.
+    /// Serve DNS: from zone files (`--zones`) or from the control plane (`--control`).
     Edge(EdgeArgs),
     /// Check zone files and print what they hold, or the first error with its line.
     Check {
@@ -36,13 +50,44 @@ enum Command {
         #[arg(long)]
         allow_include: bool,
     },
+    /// Run a control node (API and Raft on one address).
+    Control(ControlArgs),
+    /// One process: a one-node control plane and an edge. The quick way to try Meridian.
+    Dev(DevArgs),
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(client::ClusterCmd),
+    /// Hosted zones.
+    #[command(subcommand)]
+    Zone(client::ZoneCmd),
+    /// Record sets.
+    #[command(subcommand)]
+    Record(client::RecordCmd),
+    /// Change status.
+    #[command(subcommand)]
+    Change(client::ChangeCmd),
+    /// Edges known to the control plane.
+    #[command(subcommand)]
+    Edges(client::EdgesCmd),
 }
 
 #[derive(clap::Args)]
 struct EdgeArgs {
-    /// Directory of `<origin>.zone` files; repeatable.
-    #[arg(long = "zones", required = true)]
+    /// Directory of `<origin>.zone` files; repeatable. Static mode.
+    #[arg(long = "zones", conflicts_with = "control")]
     zones: Vec<PathBuf>,
+    /// Control endpoints (`host:port`, comma-separated). Controlled mode.
+    #[arg(long, value_delimiter = ',')]
+    control: Vec<String>,
+    /// This edge's id (controlled mode; default: the identity).
+    #[arg(long)]
+    id: Option<String>,
+    /// This edge's point of presence.
+    #[arg(long, default_value = "default")]
+    pop: String,
+    /// Directory for the last applied catalog, served at start before the control plane answers.
+    #[arg(long)]
+    cache: Option<PathBuf>,
     /// Address to serve on (UDP and TCP); repeatable. IPv6 as `[::1]:53`.
     #[arg(long = "listen", required = true)]
     listen: Vec<SocketAddr>,
@@ -58,6 +103,35 @@ struct EdgeArgs {
     /// Largest UDP answer, whatever the client offers.
     #[arg(long, default_value_t = UDP_PAYLOAD_DEFAULT)]
     udp_payload_max: u16,
+    /// Serve Prometheus metrics on this address (controlled mode).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// Raft node id (unique in the cluster, > 0).
+    #[arg(long)]
+    id: u64,
+    /// Data directory (RocksDB).
+    #[arg(long)]
+    data: PathBuf,
+    /// Address for the API and Raft traffic.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Address peers and clients use to reach this node (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Data directory.
+    #[arg(long, default_value = "meridian-data")]
+    data: PathBuf,
+    /// DNS address (5353 belongs to mDNS).
+    #[arg(long, default_value = "127.0.0.1:1053")]
+    dns: SocketAddr,
 }
 
 fn main() -> Result<()> {
@@ -69,13 +143,40 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    let client = client::Client::new(cli.api.clone(), cli.output);
     match cli.command {
         Command::Edge(args) => edge(args),
         Command::Check {
             zones,
             allow_include,
         } => check(&zones, allow_include),
+        Command::Control(args) => runtime(4)?.block_on(control(args)),
+        Command::Dev(args) => {
+            // `--api` names where the embedded control node listens.
+            let api = cli
+                .api
+                .first()
+                .map(|a| a.trim_start_matches("http://").to_string())
+                .unwrap_or_default();
+            let api: SocketAddr = api
+                .parse()
+                .with_context(|| format!("--api {api:?} is not ADDR:PORT"))?;
+            runtime(4)?.block_on(dev(args, api))
+        }
+        Command::Cluster(cmd) => runtime(2)?.block_on(client.cluster(cmd)),
+        Command::Zone(cmd) => runtime(2)?.block_on(client.zone(cmd)),
+        Command::Record(cmd) => runtime(2)?.block_on(client.record(cmd)),
+        Command::Change(cmd) => runtime(2)?.block_on(client.change(cmd)),
+        Command::Edges(cmd) => runtime(2)?.block_on(client.edges(cmd)),
     }
+}
+
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
 }
 
 fn hostname() -> String {
@@ -84,30 +185,135 @@ fn hostname() -> String {
         .unwrap_or_default()
 }
 
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 fn edge(args: EdgeArgs) -> Result<()> {
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
+    let workers = args.workers.unwrap_or_else(default_workers);
+    let identity = args.identity.unwrap_or_else(hostname);
     let options = EdgeOptions {
-        listen: args.listen,
+        listen: args.listen.clone(),
         workers,
         config: ServerConfig {
-            identity: args.identity.unwrap_or_else(hostname).into_bytes(),
+            identity: identity.clone().into_bytes(),
             udp_payload_max: args.udp_payload_max,
         },
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.clamp(1, 4))
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = runtime(workers.clamp(1, 4))?;
+    if !args.control.is_empty() {
+        let sync = meridian_edge::sync::SyncOptions {
+            control: args.control,
+            edge_id: args.id.unwrap_or_else(|| identity.clone()),
+            pop: args.pop,
+            cache_dir: args.cache,
+            identity,
+            addresses: args.listen.iter().map(|a| a.to_string()).collect(),
+        };
+        runtime.block_on(meridian_edge::run_controlled(options, sync, args.metrics))?;
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !args.zones.is_empty(),
+        "give --zones DIR (static) or --control ADDR (controlled)"
+    );
     let source = ZoneSource {
         dirs: args.zones,
         allow_include: args.allow_include,
     };
     runtime.block_on(meridian_edge::run_static(options, source))?;
+    Ok(())
+}
+
+async fn control(args: ControlArgs) -> Result<()> {
+    let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
+    let node = meridian_control::ControlNode::open(args.id, &args.data, advertise.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(id = args.id, listen = %args.listen, %advertise, "control node serving");
+    meridian_control::api::serve(node.clone(), listener, shutdown_signal()).await?;
+    let _ = node.raft.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn dev(args: DevArgs, api_listen: SocketAddr) -> Result<()> {
+    let api_addr = api_listen.to_string();
+    let node = meridian_control::ControlNode::open(1, &args.data.join("control"), api_addr.clone())
+        .await?;
+    let listener = tokio::net::TcpListener::bind(api_listen)
+        .await
+        .with_context(|| format!("binding the API on {api_listen}"))?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let node = node.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            meridian_control::api::serve(node, listener, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+        })
+    };
+    if !node
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        let mut nodes = std::collections::BTreeMap::new();
+        nodes.insert(
+            1,
+            openraft::BasicNode {
+                addr: api_addr.clone(),
+            },
+        );
+        node.initialize(nodes).await?;
+    }
+    let options = EdgeOptions {
+        listen: vec![args.dns],
+        workers: default_workers().min(2),
+        config: ServerConfig {
+            identity: b"dev".to_vec(),
+            udp_payload_max: UDP_PAYLOAD_DEFAULT,
+        },
+    };
+    let sync = meridian_edge::sync::SyncOptions {
+        control: vec![api_addr.clone()],
+        edge_id: "dev".to_string(),
+        pop: "local".to_string(),
+        cache_dir: Some(args.data.join("edge-cache")),
+        identity: "dev".to_string(),
+        addresses: vec![args.dns.to_string()],
+    };
+    let edge = meridian_edge::start_controlled(&options, sync, None, stop_rx.clone()).await?;
+    eprintln!(
+        "meridian dev: API on http://{api_addr}, DNS on {} (UDP and TCP), data in {}\n  try: meridian zone create example.com && dig @{} -p {} example.com SOA",
+        args.dns,
+        args.data.display(),
+        args.dns.ip(),
+        args.dns.port()
+    );
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        _ = stop_rx.changed() => {}
+    }
+    let _ = stop_tx.send(true);
+    edge.stop().await;
+    let _ = server.await;
+    let _ = node.raft.shutdown().await;
     Ok(())
 }
 

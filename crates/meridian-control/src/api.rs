@@ -1,0 +1,735 @@
+//! The gRPC services of a control node: Zones (hosted zones, changes, reads), Cluster
+//! (membership), Raft (peer traffic and forwarded writes) and EdgeSync (catalog streaming and
+//! edge reports). All on one address.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use meridian_core::Name;
+use meridian_core::rdata::RType;
+use meridian_proto::v1::{self, cluster_server, edge_sync_server, raft_server, zones_server};
+use openraft::BasicNode;
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+use crate::convert::{batch_from_proto, parse_name, parse_type, record_set_to_proto};
+use crate::edges::{self, EdgeEntry};
+use crate::node::{ControlNode, now_ms};
+use crate::state::CatalogDelta;
+use crate::types::{Command, CommandResult, Forwarded};
+
+/// Record sets per `ListRecordSets` page when the client does not say; and the most it may ask.
+pub const LIST_PAGE_DEFAULT: u32 = 1000;
+pub const LIST_PAGE_MAX: u32 = 10_000;
+/// gRPC message size for API calls: a 10,000-set batch of long TXT records is several MB.
+pub const API_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Full catalogs can be large (a 1M-record zone is ~60 MB encoded).
+pub const CATALOG_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+#[derive(Clone)]
+pub struct Api {
+    pub node: Arc<ControlNode>,
+}
+
+fn status(e: Error) -> Status {
+    match e {
+        Error::NoLeader => Status::unavailable("no Raft leader; retry"),
+        Error::Forward(m) => Status::unavailable(format!("forwarding to the leader failed: {m}")),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn result_to_change(result: CommandResult, comment: &str) -> Result<v1::ChangeInfo, Status> {
+    match result {
+        CommandResult::Applied { change_id, version } => Ok(v1::ChangeInfo {
+            id: change_id,
+            status: v1::ChangeStatus::Pending as i32,
+            version,
+            comment: comment.to_string(),
+            submitted_unix_ms: now_ms(),
+        }),
+        CommandResult::Rejected { code, message } => {
+            let msg = format!("{code}: {message}");
+            Err(match code.as_str() {
+                "NoSuchHostedZone" | "NoSuchChange" => Status::not_found(msg),
+                "ZoneAlreadyExists" | "ZoneVersionMismatch" | "HostedZoneNotEmpty" => {
+                    Status::failed_precondition(msg)
+                }
+                _ => Status::invalid_argument(msg),
+            })
+        }
+    }
+}
+
+impl Api {
+    async fn read_guard(&self, stale: bool) -> Result<(), Status> {
+        if stale {
+            Ok(())
+        } else {
+            self.node.linearizable().await.map_err(status)
+        }
+    }
+
+    /// Every control node's edge table, merged (peers that do not answer are skipped).
+    async fn cluster_edges(&self) -> Vec<EdgeEntry> {
+        let mut all = self.node.edges.list();
+        for (id, addr) in self.node.members() {
+            if id == self.node.id {
+                continue;
+            }
+            let Ok(endpoint) = crate::network::endpoint(&addr) else {
+                continue;
+            };
+            let mut client = v1::edge_sync_client::EdgeSyncClient::new(endpoint.connect_lazy());
+            let mut req = Request::new(v1::ListEdgesRequest { local: true });
+            req.set_timeout(std::time::Duration::from_millis(500));
+            if let Ok(resp) = client.list_edges(req).await {
+                all.extend(resp.into_inner().edges.into_iter().map(|e| EdgeEntry {
+                    edge_id: e.edge_id,
+                    pop: e.pop,
+                    applied_version: e.applied_version,
+                    addresses: e.addresses,
+                    last_seen_ms: e.last_seen_unix_ms,
+                }));
+            }
+        }
+        edges::merge(all)
+    }
+}
+
+#[tonic::async_trait]
+impl zones_server::Zones for Api {
+    async fn create_zone(
+        &self,
+        request: Request<v1::CreateZoneRequest>,
+    ) -> Result<Response<v1::Zone>, Status> {
+        let req = request.into_inner();
+        let name = parse_name(&req.name, None)?;
+        let ns_names: Vec<Name> = if req.name_servers.is_empty() {
+            vec![
+                name.prepend(b"ns1")
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+            ]
+        } else {
+            req.name_servers
+                .iter()
+                .map(|n| parse_name(n, Some(&name)))
+                .collect::<Result<_, _>>()?
+        };
+        let mname = if req.soa_mname.is_empty() {
+            ns_names[0].clone()
+        } else {
+            parse_name(&req.soa_mname, Some(&name))?
+        };
+        let rname = if req.soa_rname.is_empty() {
+            name.prepend(b"hostmaster")
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+        } else {
+            parse_name(&req.soa_rname, Some(&name))?
+        };
+        let mut soa = mname.wire().to_vec();
+        soa.extend_from_slice(rname.wire());
+        // serial, refresh, retry, expire, minimum (Route 53's defaults).
+        for v in [1u32, 7200, 900, 1_209_600, 86400] {
+            soa.extend_from_slice(&v.to_be_bytes());
+        }
+        let command = Command::CreateZone {
+            name: name.clone(),
+            caller_reference: req.caller_reference.clone(),
+            soa,
+            ns: ns_names.iter().map(|n| n.wire().to_vec()).collect(),
+            change_id: self.node.next_change_id(),
+            submitted_ms: now_ms(),
+        };
+        let result = self.node.write(command).await.map_err(status)?;
+        result_to_change(result, "")?;
+        let state = self.node.sm.state.read().expect("state lock");
+        let zone = state
+            .zones
+            .get(&name)
+            .ok_or_else(|| Status::internal("zone missing after create"))?;
+        Ok(Response::new(zone_info(zone)))
+    }
+
+    async fn list_zones(
+        &self,
+        request: Request<v1::ListZonesRequest>,
+    ) -> Result<Response<v1::ListZonesResponse>, Status> {
+        self.read_guard(request.get_ref().stale).await?;
+        let state = self.node.sm.state.read().expect("state lock");
+        Ok(Response::new(v1::ListZonesResponse {
+            zones: state.zones.values().map(zone_info).collect(),
+        }))
+    }
+
+    async fn get_zone(
+        &self,
+        request: Request<v1::GetZoneRequest>,
+    ) -> Result<Response<v1::Zone>, Status> {
+        let req = request.into_inner();
+        self.read_guard(req.stale).await?;
+        let name = parse_name(&req.name, None)?;
+        let state = self.node.sm.state.read().expect("state lock");
+        let zone = state
+            .zones
+            .get(&name)
+            .ok_or_else(|| Status::not_found(format!("NoSuchHostedZone: no zone {name}")))?;
+        Ok(Response::new(zone_info(zone)))
+    }
+
+    async fn delete_zone(
+        &self,
+        request: Request<v1::DeleteZoneRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let req = request.into_inner();
+        let name = parse_name(&req.name, None)?;
+        let command = Command::DeleteZone {
+            name,
+            force: req.force,
+            change_id: self.node.next_change_id(),
+            submitted_ms: now_ms(),
+        };
+        let result = self.node.write(command).await.map_err(status)?;
+        Ok(Response::new(result_to_change(result, "")?))
+    }
+
+    async fn change_record_sets(
+        &self,
+        request: Request<v1::ChangeRecordSetsRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let req = request.into_inner();
+        let zone = parse_name(&req.zone, None)?;
+        let batch = batch_from_proto(&req, &zone)?;
+        let comment = batch.comment.clone();
+        let command = Command::ChangeBatch {
+            zone,
+            batch,
+            idempotency_token: (!req.idempotency_token.is_empty())
+                .then(|| req.idempotency_token.clone()),
+            expected_zone_version: req.expected_zone_version,
+            change_id: self.node.next_change_id(),
+            submitted_ms: now_ms(),
+        };
+        let result = self.node.write(command).await.map_err(status)?;
+        Ok(Response::new(result_to_change(result, &comment)?))
+    }
+
+    async fn list_record_sets(
+        &self,
+        request: Request<v1::ListRecordSetsRequest>,
+    ) -> Result<Response<v1::ListRecordSetsResponse>, Status> {
+        let req = request.into_inner();
+        self.read_guard(req.stale).await?;
+        let zone_name = parse_name(&req.zone, None)?;
+        let name_filter = if req.name.is_empty() {
+            None
+        } else {
+            Some(parse_name(&req.name, Some(&zone_name))?)
+        };
+        let type_filter: Option<RType> = if req.r#type.is_empty() {
+            None
+        } else {
+            Some(parse_type(&req.r#type)?)
+        };
+        let max = match req.max_items {
+            0 => LIST_PAGE_DEFAULT,
+            n => n.min(LIST_PAGE_MAX),
+        } as usize;
+        let after: Option<(Vec<u8>, u16)> = if req.start_after.is_empty() {
+            None
+        } else {
+            let (n, t) = req
+                .start_after
+                .rsplit_once(' ')
+                .ok_or_else(|| Status::invalid_argument("start_after is \"NAME TYPE\""))?;
+            Some((parse_name(n, None)?.wire().to_vec(), parse_type(t)?.0))
+        };
+        let state = self.node.sm.state.read().expect("state lock");
+        let zone = state
+            .zones
+            .get(&zone_name)
+            .ok_or_else(|| Status::not_found(format!("NoSuchHostedZone: no zone {zone_name}")))?;
+        let range: Box<dyn Iterator<Item = (&(Vec<u8>, u16), &crate::state::SetData)>> =
+            match (&after, &name_filter) {
+                (Some(a), _) => Box::new(zone.sets.range((
+                    std::ops::Bound::Excluded(a.clone()),
+                    std::ops::Bound::Unbounded,
+                ))),
+                (None, Some(n)) => Box::new(zone.sets.range((n.wire().to_vec(), 0)..)),
+                (None, None) => Box::new(zone.sets.iter()),
+            };
+        let mut out = Vec::new();
+        let mut next_cursor = String::new();
+        for ((n, t), d) in range {
+            if let Some(f) = &name_filter
+                && n.as_slice() != f.wire()
+            {
+                if n.as_slice() > f.wire() {
+                    break;
+                }
+                continue;
+            }
+            if type_filter.is_some_and(|tf| tf.0 != *t) {
+                continue;
+            }
+            if out.len() == max {
+                let last: &v1::RecordSet = out.last().expect("page not empty");
+                next_cursor = format!("{} {}", last.name, last.r#type);
+                break;
+            }
+            out.push(record_set_to_proto(n, *t, d.ttl, &d.rdatas));
+        }
+        Ok(Response::new(v1::ListRecordSetsResponse {
+            record_sets: out,
+            next_cursor,
+        }))
+    }
+
+    async fn get_change(
+        &self,
+        request: Request<v1::GetChangeRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let req = request.into_inner();
+        self.read_guard(req.stale).await?;
+        let record = {
+            let state = self.node.sm.state.read().expect("state lock");
+            state.changes.get(&req.id).cloned()
+        };
+        let record = record
+            .ok_or_else(|| Status::not_found(format!("NoSuchChange: no change {}", req.id)))?;
+        let all = self.cluster_edges().await;
+        let status = if edges::in_sync(&all, record.version, now_ms()) {
+            v1::ChangeStatus::Insync
+        } else {
+            v1::ChangeStatus::Pending
+        };
+        Ok(Response::new(v1::ChangeInfo {
+            id: record.id,
+            status: status as i32,
+            version: record.version,
+            comment: record.comment,
+            submitted_unix_ms: record.submitted_ms,
+        }))
+    }
+}
+
+fn zone_info(zone: &crate::state::ZoneData) -> v1::Zone {
+    let meta = zone.meta();
+    v1::Zone {
+        name: meta.name.to_string(),
+        caller_reference: meta.caller_reference.clone(),
+        record_set_count: zone.sets.len() as u64,
+        version: meta.version,
+        created_version: meta.created_version,
+    }
+}
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for Api {
+    async fn init(
+        &self,
+        request: Request<v1::InitRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let req = request.into_inner();
+        let mut nodes = BTreeMap::new();
+        if req.nodes.is_empty() {
+            nodes.insert(
+                self.node.id,
+                BasicNode {
+                    addr: self.node.addr.clone(),
+                },
+            );
+        }
+        for n in req.nodes {
+            nodes.insert(n.id, BasicNode { addr: n.addr });
+        }
+        self.node
+            .initialize(nodes)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.status(Request::new(v1::StatusRequest {})).await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let node = request
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::invalid_argument("node missing"))?;
+        let raft = &self.node.raft;
+        raft.add_learner(
+            node.id,
+            BasicNode {
+                addr: node.addr.clone(),
+            },
+            true,
+        )
+        .await
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let mut voters: std::collections::BTreeSet<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(node.id);
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.status(Request::new(v1::StatusRequest {})).await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let id = request.into_inner().id;
+        let raft = &self.node.raft;
+        let mut voters: std::collections::BTreeSet<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.remove(&id) {
+            return Err(Status::not_found(format!("node {id} is not a voter")));
+        }
+        raft.change_membership(voters, false)
+            .await
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.status(Request::new(v1::StatusRequest {})).await
+    }
+
+    async fn status(
+        &self,
+        _request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voter_ids: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let mut voters = Vec::new();
+        let mut learners = Vec::new();
+        for (id, node) in membership.nodes() {
+            let n = v1::Node {
+                id: *id,
+                addr: node.addr.clone(),
+            };
+            if voter_ids.contains(id) {
+                voters.push(n)
+            } else {
+                learners.push(n)
+            }
+        }
+        let catalog_version = self
+            .node
+            .sm
+            .state
+            .read()
+            .expect("state lock")
+            .catalog_version;
+        Ok(Response::new(v1::ClusterStatus {
+            node_id: self.node.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            commit_index: self
+                .node
+                .committed_index
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .max(m.last_applied.map(|l| l.index).unwrap_or(0)),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            voters,
+            learners,
+            role: format!("{:?}", m.state),
+            catalog_version,
+        }))
+    }
+}
+
+fn raft_reply<T: serde::Serialize>(value: &T) -> Result<Response<v1::RaftPayload>, Status> {
+    let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Response::new(v1::RaftPayload {
+        data,
+        blob: Vec::new(),
+    }))
+}
+
+fn raft_decode<T: serde::de::DeserializeOwned>(payload: &v1::RaftPayload) -> Result<T, Status> {
+    serde_json::from_slice(&payload.data)
+        .map_err(|e| Status::invalid_argument(format!("bad Raft payload: {e}")))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for Api {
+    async fn append_entries(
+        &self,
+        request: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        let req = raft_decode(request.get_ref())?;
+        raft_reply(&self.node.raft.append_entries(req).await)
+    }
+
+    async fn vote(
+        &self,
+        request: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        let req = raft_decode(request.get_ref())?;
+        raft_reply(&self.node.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        let payload = request.into_inner();
+        let mut req: openraft::raft::InstallSnapshotRequest<crate::types::TypeConfig> =
+            raft_decode(&payload)?;
+        req.data = payload.blob;
+        raft_reply(&self.node.raft.install_snapshot(req).await)
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<v1::RaftPayload>,
+    ) -> Result<Response<v1::RaftPayload>, Status> {
+        match raft_decode::<Forwarded>(request.get_ref())? {
+            Forwarded::Write(command) => {
+                // Only the leader proposes forwarded writes; no second hop.
+                let result = self
+                    .node
+                    .raft
+                    .client_write(command)
+                    .await
+                    .map_err(|e| Status::unavailable(format!("not the leader: {e}")))?;
+                raft_reply(&result.data)
+            }
+            Forwarded::ReadIndex => {
+                let index = self
+                    .node
+                    .read_index()
+                    .await
+                    .map_err(|e| Status::unavailable(e.to_string()))?;
+                raft_reply(&index)
+            }
+        }
+    }
+}
+
+type CatalogStream = Pin<Box<dyn Stream<Item = Result<v1::CatalogUpdate, Status>> + Send>>;
+
+/// Catalog updates an edge needs to go from `have` to the current version: deltas if the
+/// history covers the gap, else a full catalog.
+pub fn updates_since(node: &ControlNode, have: u64) -> Vec<v1::CatalogUpdate> {
+    let state = node.sm.state.read().expect("state lock");
+    let newest = state.catalog_version;
+    if have > 0
+        && let Some(deltas) = state.deltas_since(have)
+    {
+        return deltas.iter().map(|d| delta_update(d, newest)).collect();
+    }
+    if have == newest && have > 0 {
+        return Vec::new();
+    }
+    vec![full_update(&state)]
+}
+
+fn wire_set(name: &[u8], rtype: u16, ttl: u32, rdatas: &[Vec<u8>]) -> v1::WireRecordSet {
+    v1::WireRecordSet {
+        name: name.to_vec(),
+        r#type: rtype as u32,
+        ttl,
+        rdata: rdatas.to_vec(),
+    }
+}
+
+fn full_update(state: &crate::state::State) -> v1::CatalogUpdate {
+    v1::CatalogUpdate {
+        schema: meridian_proto::CATALOG_SCHEMA,
+        version: state.catalog_version,
+        base_version: 0,
+        checksum: state.catalog_checksum(),
+        full: true,
+        zones: state
+            .zones
+            .iter()
+            .map(|(origin, z)| v1::ZoneContent {
+                origin: origin.wire().to_vec(),
+                record_sets: z
+                    .sets
+                    .iter()
+                    .map(|((n, t), d)| wire_set(n, *t, d.ttl, &d.rdatas))
+                    .collect(),
+            })
+            .collect(),
+        deltas: Vec::new(),
+        newest_version: state.catalog_version,
+    }
+}
+
+fn delta_update(d: &CatalogDelta, newest: u64) -> v1::CatalogUpdate {
+    v1::CatalogUpdate {
+        schema: meridian_proto::CATALOG_SCHEMA,
+        version: d.version,
+        base_version: d.base_version,
+        checksum: d.checksum,
+        full: false,
+        zones: Vec::new(),
+        deltas: d
+            .zones
+            .iter()
+            .map(|z| v1::ZoneDelta {
+                origin: z.origin.wire().to_vec(),
+                delete_zone: z.delete,
+                create_zone: z.create,
+                put: z
+                    .put
+                    .iter()
+                    .map(|(n, t, s)| wire_set(n, *t, s.ttl, &s.rdatas))
+                    .collect(),
+                remove: z
+                    .remove
+                    .iter()
+                    .map(|(n, t)| wire_set(n, *t, 0, &[]))
+                    .collect(),
+            })
+            .collect(),
+        newest_version: newest,
+    }
+}
+
+#[tonic::async_trait]
+impl edge_sync_server::EdgeSync for Api {
+    type SubscribeStream = CatalogStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        if req.schema != meridian_proto::CATALOG_SCHEMA {
+            return Err(Status::failed_precondition(format!(
+                "catalog schema {} not served (this node serves {})",
+                req.schema,
+                meridian_proto::CATALOG_SCHEMA
+            )));
+        }
+        tracing::info!(edge = %req.edge_id, pop = %req.pop, have = req.have_version, "edge subscribed");
+        let node = self.node.clone();
+        let mut version_rx = node.sm.version_tx.subscribe();
+        let stream = async_stream(move |tx| async move {
+            let mut have = req.have_version;
+            loop {
+                let updates = updates_since(&node, have);
+                for u in updates {
+                    have = u.version;
+                    if tx.send(Ok(u)).await.is_err() {
+                        return;
+                    }
+                }
+                if version_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn report(
+        &self,
+        request: Request<v1::EdgeReport>,
+    ) -> Result<Response<v1::ReportReply>, Status> {
+        let r = request.into_inner();
+        self.node.edges.report(EdgeEntry {
+            edge_id: r.edge_id,
+            pop: r.pop,
+            applied_version: r.applied_version,
+            addresses: r.addresses,
+            last_seen_ms: 0,
+        });
+        Ok(Response::new(v1::ReportReply {}))
+    }
+
+    async fn list_edges(
+        &self,
+        request: Request<v1::ListEdgesRequest>,
+    ) -> Result<Response<v1::ListEdgesResponse>, Status> {
+        let local = request.into_inner().local;
+        let entries = if local {
+            self.node.edges.list()
+        } else {
+            self.cluster_edges().await
+        };
+        let now = now_ms();
+        let catalog_version = self
+            .node
+            .sm
+            .state
+            .read()
+            .expect("state lock")
+            .catalog_version;
+        Ok(Response::new(v1::ListEdgesResponse {
+            edges: entries
+                .into_iter()
+                .map(|e| v1::EdgeInfo {
+                    stale: e.is_stale(now),
+                    edge_id: e.edge_id,
+                    pop: e.pop,
+                    applied_version: e.applied_version,
+                    addresses: e.addresses,
+                    last_seen_unix_ms: e.last_seen_ms,
+                })
+                .collect(),
+            catalog_version,
+        }))
+    }
+}
+
+/// A stream fed by a task through a bounded channel (backpressure: a slow edge slows its own
+/// stream only).
+fn async_stream<F, Fut>(f: F) -> CatalogStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<v1::CatalogUpdate, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    /// Updates queued per subscriber before the producer waits.
+    const SUBSCRIBER_QUEUE_MAX: usize = 64;
+    let (tx, rx) = tokio::sync::mpsc::channel(SUBSCRIBER_QUEUE_MAX);
+    tokio::spawn(f(tx));
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Serves every service of `node` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Arc<ControlNode>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let api = Api { node };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            zones_server::ZonesServer::new(api.clone())
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(cluster_server::ClusterServer::new(api.clone()))
+        .add_service(
+            raft_server::RaftServer::new(api.clone())
+                .max_decoding_message_size(crate::network::RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(crate::network::RAFT_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            edge_sync_server::EdgeSyncServer::new(api)
+                .max_encoding_message_size(CATALOG_MESSAGE_BYTES_MAX)
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Serve(e.to_string()))
+}

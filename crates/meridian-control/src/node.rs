@@ -1,0 +1,238 @@
+//! A control node: RocksDB, the Raft instance, the state machine, the edge registry, and the
+//! write path (propose here when leader, forward to the leader otherwise).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use meridian_proto::v1::RaftPayload;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+
+use crate::Error;
+use crate::edges::EdgeRegistry;
+use crate::log_store::{CF_LOG_META, CF_LOGS, LogStore};
+use crate::network::{Network, raft_client};
+use crate::sm_store::{
+    CF_SM_CHANGES, CF_SM_META, CF_SM_SETS, CF_SM_TOKENS, CF_SM_ZONES, StateMachine,
+};
+use crate::types::{Command, CommandResult, Forwarded, NodeId, Raft};
+
+/// Log entries between snapshots; compaction keeps this many behind the snapshot for followers
+/// that are slightly behind (they catch up from the log, not a snapshot).
+pub const SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
+/// Heartbeat and election timeouts for LAN/loopback clusters: failover in about a second.
+pub const HEARTBEAT_MS: u64 = 100;
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 400;
+pub const ELECTION_TIMEOUT_MAX_MS: u64 = 800;
+/// How long a write waits for the leader before giving up (then the client retries).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ControlNode {
+    pub id: NodeId,
+    /// The address this node serves gRPC on (API and Raft), as peers reach it.
+    pub addr: String,
+    pub raft: Raft,
+    pub sm: StateMachine,
+    pub edges: Arc<EdgeRegistry>,
+    /// Highest committed log index this node knows.
+    pub committed_index: Arc<AtomicU64>,
+    change_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for ControlNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ControlNode({} at {})", self.id, self.addr)
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn open_db(path: &Path) -> Result<DB, Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let families = [
+        CF_LOGS,
+        CF_LOG_META,
+        CF_SM_META,
+        CF_SM_ZONES,
+        CF_SM_SETS,
+        CF_SM_CHANGES,
+        CF_SM_TOKENS,
+    ]
+    .into_iter()
+    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    DB::open_cf_descriptors(&opts, path, families).map_err(|e| Error::Storage(e.to_string()))
+}
+
+impl ControlNode {
+    /// Opens (or creates) the node's data directory and starts Raft. The caller serves gRPC.
+    pub async fn open(id: NodeId, data: &Path, addr: String) -> Result<Arc<ControlNode>, Error> {
+        std::fs::create_dir_all(data)
+            .map_err(|e| Error::Storage(format!("{}: {e}", data.display())))?;
+        let db = Arc::new(open_db(&data.join("rocksdb"))?);
+        let config = Config {
+            cluster_name: "meridian".to_string(),
+            heartbeat_interval: HEARTBEAT_MS,
+            election_timeout_min: ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max: ELECTION_TIMEOUT_MAX_MS,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_LOGS),
+            max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+            snapshot_max_chunk_size: 4 << 20,
+            install_snapshot_timeout: 10_000,
+            ..Config::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| Error::Raft(e.to_string()))?);
+        let log = LogStore::new(db.clone());
+        let committed_index = log.committed_index.clone();
+        let sm = StateMachine::open(db.clone()).map_err(|e| Error::Storage(e.to_string()))?;
+        let raft = Raft::new(id, config, Network, log, sm.clone())
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(Arc::new(ControlNode {
+            id,
+            addr,
+            raft,
+            sm,
+            edges: Arc::new(EdgeRegistry::default()),
+            committed_index,
+            change_counter: AtomicU64::new(0),
+        }))
+    }
+
+    /// A change id unique across the cluster: node id, time, counter.
+    pub fn next_change_id(&self) -> String {
+        let n = self.change_counter.fetch_add(1, Ordering::Relaxed);
+        format!("C{:x}{:x}{:04x}", self.id, now_ms(), n & 0xffff)
+    }
+
+    /// Proposes a command: through our Raft if we lead, else forwarded to the leader. Returns
+    /// once a majority has it durably and it is applied.
+    pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
+        let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(resp) => return Ok(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
+                    if let Some(node) = fwd.leader_node {
+                        return forward(&node, &command).await;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(Error::NoLeader);
+                    }
+                    self.wait_for_leader(deadline).await?;
+                }
+                Err(e) => return Err(Error::Raft(e.to_string())),
+            }
+        }
+    }
+
+    async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().current_leader.is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                r = metrics.changed() => r.map_err(|_| Error::Raft("raft stopped".into()))?,
+                _ = tokio::time::sleep_until(deadline) => return Err(Error::NoLeader),
+            }
+        }
+    }
+
+    /// Waits until this node can serve a linearizable read (read index through the leader).
+    pub async fn linearizable(&self) -> Result<(), Error> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(e)) => {
+                // Not the leader: ask the leader for its read index, then wait to apply it.
+                let leader = match &e {
+                    openraft::error::CheckIsLeaderError::ForwardToLeader(f) => {
+                        f.leader_node.clone()
+                    }
+                    _ => None,
+                };
+                let Some(leader) = leader else {
+                    return Err(Error::NoLeader);
+                };
+                let mut client =
+                    raft_client(&leader.addr).map_err(|e| Error::Forward(e.to_string()))?;
+                let reply = client
+                    .forward_write(RaftPayload {
+                        data: serde_json::to_vec(&Forwarded::ReadIndex)
+                            .map_err(|e| Error::Forward(e.to_string()))?,
+                        blob: Vec::new(),
+                    })
+                    .await
+                    .map_err(|s| Error::Forward(s.message().to_string()))?;
+                let index: u64 = serde_json::from_slice(&reply.into_inner().data)
+                    .map_err(|e| Error::Forward(e.to_string()))?;
+                let mut metrics = self.raft.metrics();
+                let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
+                loop {
+                    if metrics.borrow().last_applied.map(|l| l.index).unwrap_or(0) >= index {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        r = metrics.changed() => r.map_err(|_| Error::Raft("raft stopped".into()))?,
+                        _ = tokio::time::sleep_until(deadline) => return Err(Error::NoLeader),
+                    }
+                }
+            }
+            Err(e) => Err(Error::Raft(e.to_string())),
+        }
+    }
+
+    /// The leader's read index: applied index that covers every committed write.
+    pub async fn read_index(&self) -> Result<u64, Error> {
+        let log_id = self
+            .raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        Ok(log_id.map(|l| l.index).unwrap_or(0))
+    }
+
+    pub async fn initialize(&self, nodes: BTreeMap<NodeId, BasicNode>) -> Result<(), Error> {
+        self.raft
+            .initialize(nodes)
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))
+    }
+
+    /// Peers (id, addr) from the current membership, including this node.
+    pub fn members(&self) -> Vec<(NodeId, String)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .nodes()
+            .map(|(id, node)| (*id, node.addr.clone()))
+            .collect()
+    }
+}
+
+async fn forward(leader: &BasicNode, command: &Command) -> Result<CommandResult, Error> {
+    let mut client = raft_client(&leader.addr).map_err(|e| Error::Forward(e.to_string()))?;
+    let data = serde_json::to_vec(&Forwarded::Write(command.clone()))
+        .map_err(|e| Error::Forward(e.to_string()))?;
+    let mut request = tonic::Request::new(RaftPayload {
+        data,
+        blob: Vec::new(),
+    });
+    request.set_timeout(WRITE_TIMEOUT);
+    let reply = client
+        .forward_write(request)
+        .await
+        .map_err(|s| Error::Forward(s.message().to_string()))?;
+    serde_json::from_slice(&reply.into_inner().data).map_err(|e| Error::Forward(e.to_string()))
+}

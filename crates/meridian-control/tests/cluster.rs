@@ -1,0 +1,342 @@
+//! In-process clusters of real control nodes: real gRPC on loopback, real RocksDB in temporary
+//! directories. Tests wait on conditions (leader known, applied index), never on fixed sleeps.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_control::ControlNode;
+use meridian_control::types::{Command, CommandResult};
+use meridian_core::Name;
+use meridian_core::change::{Action, Change, ChangeBatch, RecordSet};
+use meridian_core::rdata::RType;
+use openraft::BasicNode;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Member {
+    node: Arc<ControlNode>,
+    stop: Option<oneshot::Sender<()>>,
+    dir: std::path::PathBuf,
+    addr: String,
+}
+
+async fn start(
+    id: u64,
+    dir: &std::path::Path,
+    listener: Option<tokio::net::TcpListener>,
+) -> Member {
+    let listener = match listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let addr = listener.local_addr().unwrap().to_string();
+    // A restarted node waits for the old instance's tasks to release RocksDB's lock.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let node = loop {
+        match ControlNode::open(id, dir, addr.clone()).await {
+            Ok(node) => break node,
+            Err(e) if e.to_string().contains("lock") && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("opening node {id}: {e}"),
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(meridian_control::api::serve(
+        node.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Member {
+        node,
+        stop: Some(tx),
+        dir: dir.to_path_buf(),
+        addr,
+    }
+}
+
+async fn stop(m: &mut Member) {
+    if let Some(tx) = m.stop.take() {
+        let _ = tx.send(());
+    }
+    m.node.raft.shutdown().await.unwrap();
+}
+
+async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn leader(members: &[&Member]) -> u64 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        for m in members {
+            let metrics = m.node.raft.metrics().borrow().clone();
+            if metrics.current_leader == Some(m.node.id) {
+                return m.node.id;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn origin() -> Name {
+    Name::parse("example.com.", None).unwrap()
+}
+
+fn create_zone(m: &Member) -> Command {
+    let mut soa = Name::parse("ns1.example.com.", None)
+        .unwrap()
+        .wire()
+        .to_vec();
+    soa.extend_from_slice(Name::parse("h.example.com.", None).unwrap().wire());
+    soa.extend_from_slice(&[0; 20]);
+    Command::CreateZone {
+        name: origin(),
+        caller_reference: "t".into(),
+        soa,
+        ns: vec![
+            Name::parse("ns1.example.com.", None)
+                .unwrap()
+                .wire()
+                .to_vec(),
+        ],
+        change_id: m.node.next_change_id(),
+        submitted_ms: 0,
+    }
+}
+
+fn upsert(m: &Member, label: &str, last_octet: u8) -> Command {
+    Command::ChangeBatch {
+        zone: origin(),
+        batch: ChangeBatch {
+            comment: String::new(),
+            changes: vec![Change {
+                action: Action::Upsert,
+                record_set: RecordSet {
+                    name: Name::parse(&format!("{label}.example.com."), None).unwrap(),
+                    rtype: RType::A,
+                    ttl: 60,
+                    rdatas: vec![vec![192, 0, 2, last_octet]],
+                    set_identifier: None,
+                },
+            }],
+        },
+        idempotency_token: None,
+        expected_zone_version: None,
+        change_id: m.node.next_change_id(),
+        submitted_ms: 0,
+    }
+}
+
+fn sets_of(m: &Member) -> BTreeMap<(Vec<u8>, u16), Vec<Vec<u8>>> {
+    let state = m.node.sm.state.read().unwrap();
+    state
+        .zones
+        .get(&origin())
+        .map(|z| {
+            z.sets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.rdatas.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Applied index as the state machine has it (metrics are published a little later).
+fn applied(m: &Member) -> u64 {
+    m.node
+        .sm
+        .state
+        .read()
+        .unwrap()
+        .last_applied
+        .map(|l| l.index)
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_survive_leader_loss_and_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = Vec::new();
+    for id in 1..=3u64 {
+        members.push(start(id, &tmp.path().join(format!("n{id}")), None).await);
+    }
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|m| {
+            (
+                m.node.id,
+                BasicNode {
+                    addr: m.addr.clone(),
+                },
+            )
+        })
+        .collect();
+    members[0].node.initialize(nodes).await.unwrap();
+    let lead = leader(&members.iter().collect::<Vec<_>>()).await;
+    let writer = &members[(lead - 1) as usize];
+    assert!(matches!(
+        writer.node.write(create_zone(writer)).await.unwrap(),
+        CommandResult::Applied { .. }
+    ));
+
+    // Writes through a follower are forwarded to the leader.
+    let follower = members.iter().find(|m| m.node.id != lead).unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20u8 {
+        let r = follower
+            .node
+            .write(upsert(follower, &format!("h{i}"), i))
+            .await
+            .unwrap();
+        assert!(matches!(r, CommandResult::Applied { .. }), "{r:?}");
+        acked.push(i);
+    }
+    // A rejected batch is committed as a no-op with its reason.
+    let bad = Command::ChangeBatch {
+        zone: origin(),
+        batch: ChangeBatch {
+            comment: String::new(),
+            changes: vec![Change {
+                action: Action::Create,
+                record_set: RecordSet {
+                    name: Name::parse("h0.example.com.", None).unwrap(),
+                    rtype: RType::A,
+                    ttl: 60,
+                    rdatas: vec![vec![192, 0, 2, 99]],
+                    set_identifier: None,
+                },
+            }],
+        },
+        idempotency_token: None,
+        expected_zone_version: None,
+        change_id: follower.node.next_change_id(),
+        submitted_ms: 0,
+    };
+    assert!(matches!(
+        follower.node.write(bad).await.unwrap(),
+        CommandResult::Rejected { .. }
+    ));
+
+    // Kill the leader; the others elect a new one and keep every acknowledged write.
+    let lead_idx = (lead - 1) as usize;
+    stop(&mut members[lead_idx]).await;
+    let survivors: Vec<&Member> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != lead_idx)
+        .map(|(_, m)| m)
+        .collect();
+    let new_lead = leader(&survivors).await;
+    assert_ne!(new_lead, lead);
+    let w = survivors.iter().find(|m| m.node.id == new_lead).unwrap();
+    let CommandResult::Applied {
+        version: after_version,
+        ..
+    } = w.node.write(upsert(w, "after", 200)).await.unwrap()
+    else {
+        panic!("write after failover rejected")
+    };
+    for m in &survivors {
+        wait_for("followers to apply", || applied(m) >= after_version).await;
+        let sets = sets_of(m);
+        for i in &acked {
+            let key = (
+                Name::parse(&format!("h{i}.example.com."), None)
+                    .unwrap()
+                    .wire()
+                    .to_vec(),
+                1u16,
+            );
+            assert_eq!(
+                sets.get(&key),
+                Some(&vec![vec![192, 0, 2, *i]]),
+                "acknowledged write h{i} on node {}",
+                m.node.id
+            );
+        }
+    }
+
+    // The old leader restarts from its RocksDB and catches up.
+    let dir = members[lead_idx].dir.clone();
+    let listener = tokio::net::TcpListener::bind(&members[lead_idx].addr)
+        .await
+        .unwrap();
+    let target = after_version;
+    let expected = sets_of(survivors[0]);
+    drop(survivors);
+    let placeholder = members[(lead_idx + 1) % 3].node.clone();
+    let old = std::mem::replace(&mut members[lead_idx].node, placeholder);
+    drop(old);
+    members[lead_idx] = start(lead, &dir, Some(listener)).await;
+    wait_for("restarted node to catch up", || {
+        applied(&members[lead_idx]) >= target
+    })
+    .await;
+    assert_eq!(sets_of(&members[lead_idx]), expected);
+    for m in &mut members {
+        stop(m).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_minority_cannot_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut members = Vec::new();
+    for id in 1..=3u64 {
+        members.push(start(id, &tmp.path().join(format!("n{id}")), None).await);
+    }
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|m| {
+            (
+                m.node.id,
+                BasicNode {
+                    addr: m.addr.clone(),
+                },
+            )
+        })
+        .collect();
+    members[0].node.initialize(nodes).await.unwrap();
+    let lead = leader(&members.iter().collect::<Vec<_>>()).await;
+    let w = &members[(lead - 1) as usize];
+    w.node.write(create_zone(w)).await.unwrap();
+    // Stop both followers: the leader alone must not commit.
+    for m in members.iter_mut() {
+        if m.node.id != lead {
+            stop(m).await;
+        }
+    }
+    let w = &members[(lead - 1) as usize];
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        w.node.raft.client_write(upsert(w, "lonely", 1)),
+    )
+    .await;
+    assert!(
+        attempt.is_err() || attempt.unwrap().is_err(),
+        "a minority committed a write"
+    );
+    assert!(
+        !sets_of(w).contains_key(&(
+            Name::parse("lonely.example.com.", None)
+                .unwrap()
+                .wire()
+                .to_vec(),
+            1
+        ))
+    );
+    stop(&mut members[(lead - 1) as usize]).await;
+}

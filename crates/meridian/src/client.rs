@@ -1,0 +1,791 @@
+//! Client commands: gRPC to the control plane, tables for people, JSON for scripts. Every call
+//! tries the `--api` endpoints in turn; writes reaching a follower are forwarded by the server.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Subcommand, ValueEnum};
+use meridian_core::change::{Action, parse_change_batch};
+use meridian_core::rdata::{RType, rdata_to_text};
+use meridian_core::{Name, zonefile};
+use meridian_proto::v1;
+use meridian_proto::v1::cluster_client::ClusterClient;
+use meridian_proto::v1::edge_sync_client::EdgeSyncClient;
+use meridian_proto::v1::zones_client::ZonesClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+/// How long one endpoint may take to accept a connection before we try the next.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Polling period of `change wait`.
+const WAIT_POLL: Duration = Duration::from_millis(20);
+/// API message size (a 10,000-set batch or a large page).
+const MESSAGE_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Initialize a cluster: with no --node, a one-node cluster of the node addressed.
+    Init {
+        /// Members as ID=ADDR; repeatable.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
+    /// Add a node (as learner, then voter).
+    AddNode { id: u64, addr: String },
+    /// Remove a node from the voters.
+    RemoveNode { id: u64 },
+    /// Members, leader, term, commit and applied index per node.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum ZoneCmd {
+    /// Create a hosted zone (SOA and NS defaults).
+    Create {
+        name: String,
+        /// Idempotency: a retry with the same reference returns the same zone.
+        #[arg(long, default_value = "")]
+        caller_reference: String,
+        /// Apex name servers (default ns1.<zone>); repeatable.
+        #[arg(long = "ns")]
+        name_servers: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        stale: bool,
+    },
+    Get {
+        name: String,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Delete a zone (refused while it holds records beyond SOA/NS unless --force).
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import a BIND zone file as one all-or-nothing batch (apex SOA and NS upserted).
+    Import {
+        zone: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+    /// Print the zone as a BIND zone file.
+    Export {
+        zone: String,
+        #[arg(long)]
+        stale: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecordCmd {
+    /// List record sets (paged through to the end).
+    List {
+        zone: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "type")]
+        rtype: Option<String>,
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Create a record set (fails if it exists).
+    Create(RecordArgs),
+    /// Create or replace a record set.
+    Upsert(RecordArgs),
+    /// Delete a record set (values and TTL must match; with no values, the current set).
+    Delete(RecordArgs),
+    /// Apply a Route 53 ChangeBatch file (JSON or YAML).
+    Apply {
+        zone: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Refuse unless the zone is still at this version (compare-and-set).
+        #[arg(long)]
+        expect_version: Option<u64>,
+        /// Idempotency token: a retried apply returns the first result.
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RecordArgs {
+    zone: String,
+    /// Absolute, or relative to the zone.
+    name: String,
+    #[arg(value_name = "TYPE")]
+    rtype: String,
+    values: Vec<String>,
+    #[arg(long, default_value_t = 300)]
+    ttl: u32,
+}
+
+#[derive(Subcommand)]
+pub enum ChangeCmd {
+    Get {
+        id: String,
+    },
+    /// Block until every live edge serves the change (INSYNC).
+    Wait {
+        id: String,
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EdgesCmd {
+    /// Each edge with its version, lag and last report.
+    List,
+}
+
+pub struct Client {
+    endpoints: Vec<String>,
+    output: Output,
+}
+
+fn url(addr: &str) -> String {
+    if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn status_error(s: &tonic::Status) -> anyhow::Error {
+    anyhow!("{}", s.message())
+}
+
+fn absolute(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Client {
+    pub fn new(endpoints: Vec<String>, output: Output) -> Client {
+        Client { endpoints, output }
+    }
+
+    /// Runs `call` against each endpoint in turn until one answers (any answer but
+    /// "unavailable"). Errors from the server are final.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = anyhow!("no --api endpoint given");
+        for ep in &self.endpoints {
+            let channel = match tonic::transport::Endpoint::from_shared(url(ep))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .connect()
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    last = anyhow!("{ep}: {e}");
+                    continue;
+                }
+            };
+            match call(channel).await {
+                Ok(v) => return Ok(v),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    last = anyhow!("{ep}: {}", s.message())
+                }
+                Err(s) => return Err(status_error(&s)),
+            }
+        }
+        Err(last)
+    }
+
+    fn zones(channel: Channel) -> ZonesClient<Channel> {
+        ZonesClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    fn print_json(&self, value: serde_json::Value) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    }
+
+    pub async fn cluster(&self, cmd: ClusterCmd) -> Result<()> {
+        let status = match cmd {
+            ClusterCmd::Init { nodes } => {
+                let mut members = Vec::new();
+                for n in nodes {
+                    let (id, addr) = n
+                        .split_once('=')
+                        .ok_or_else(|| anyhow!("--node takes ID=ADDR, got {n:?}"))?;
+                    members.push(v1::Node {
+                        id: id.parse().with_context(|| format!("node id {id:?}"))?,
+                        addr: addr.to_string(),
+                    });
+                }
+                self.call(|c| {
+                    let members = members.clone();
+                    async move {
+                        ClusterClient::new(c)
+                            .init(v1::InitRequest { nodes: members })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?
+            }
+            ClusterCmd::AddNode { id, addr } => {
+                self.call(|c| {
+                    let addr = addr.clone();
+                    async move {
+                        ClusterClient::new(c)
+                            .add_node(v1::AddNodeRequest {
+                                node: Some(v1::Node { id, addr }),
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?
+            }
+            ClusterCmd::RemoveNode { id } => {
+                self.call(|c| async move {
+                    ClusterClient::new(c)
+                        .remove_node(v1::RemoveNodeRequest { id })
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?
+            }
+            ClusterCmd::Status => {
+                self.call(|c| async move {
+                    ClusterClient::new(c)
+                        .status(v1::StatusRequest {})
+                        .await
+                        .map(|r| r.into_inner())
+                })
+                .await?
+            }
+        };
+        let members: Vec<(u64, String, bool)> = status
+            .voters
+            .iter()
+            .map(|n| (n.id, n.addr.clone(), true))
+            .chain(
+                status
+                    .learners
+                    .iter()
+                    .map(|n| (n.id, n.addr.clone(), false)),
+            )
+            .collect();
+        // Each member's own view of its indexes.
+        let mut nodes = Vec::new();
+        for (id, addr, voter) in &members {
+            let own = if *id == status.node_id {
+                Some(status.clone())
+            } else {
+                let ch = tonic::transport::Endpoint::from_shared(url(addr))?
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .connect()
+                    .await;
+                match ch {
+                    Ok(ch) => ClusterClient::new(ch)
+                        .status(v1::StatusRequest {})
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner()),
+                    Err(_) => None,
+                }
+            };
+            nodes.push((*id, addr.clone(), *voter, own));
+        }
+        match self.output {
+            Output::Json => self.print_json(json!({
+                "leader": status.leader,
+                "term": status.term,
+                "catalog_version": status.catalog_version,
+                "nodes": nodes.iter().map(|(id, addr, voter, own)| json!({
+                    "id": id, "addr": addr, "voter": voter, "reachable": own.is_some(),
+                    "role": own.as_ref().map(|s| s.role.clone()),
+                    "term": own.as_ref().map(|s| s.term),
+                    "commit_index": own.as_ref().map(|s| s.commit_index),
+                    "applied_index": own.as_ref().map(|s| s.applied_index),
+                })).collect::<Vec<_>>(),
+            })),
+            Output::Table => {
+                println!(
+                    "leader: {}   term: {}   catalog version: {}",
+                    status
+                        .leader
+                        .map(|l| l.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    status.term,
+                    status.catalog_version
+                );
+                println!(
+                    "{:<6} {:<24} {:<8} {:<10} {:>8} {:>8}",
+                    "ID", "ADDR", "VOTER", "ROLE", "COMMIT", "APPLIED"
+                );
+                for (id, addr, voter, own) in &nodes {
+                    match own {
+                        Some(s) => println!(
+                            "{id:<6} {addr:<24} {voter:<8} {:<10} {:>8} {:>8}",
+                            s.role, s.commit_index, s.applied_index
+                        ),
+                        None => println!(
+                            "{id:<6} {addr:<24} {voter:<8} {:<10} {:>8} {:>8}",
+                            "unreachable", "-", "-"
+                        ),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn zone(&self, cmd: ZoneCmd) -> Result<()> {
+        match cmd {
+            ZoneCmd::Create {
+                name,
+                caller_reference,
+                name_servers,
+            } => {
+                let req = v1::CreateZoneRequest {
+                    name: absolute(&name),
+                    caller_reference,
+                    name_servers,
+                    soa_mname: String::new(),
+                    soa_rname: String::new(),
+                };
+                let zone = self
+                    .call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Self::zones(c)
+                                .create_zone(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_zones(&[zone]);
+            }
+            ZoneCmd::List { stale } => {
+                let zones = self
+                    .call(|c| async move {
+                        Self::zones(c)
+                            .list_zones(v1::ListZonesRequest { stale })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                self.print_zones(&zones.zones);
+            }
+            ZoneCmd::Get { name, stale } => {
+                let name = absolute(&name);
+                let zone = self
+                    .call(|c| {
+                        let name = name.clone();
+                        async move {
+                            Self::zones(c)
+                                .get_zone(v1::GetZoneRequest { name, stale })
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_zones(&[zone]);
+            }
+            ZoneCmd::Delete { name, force } => {
+                let name = absolute(&name);
+                let change = self
+                    .call(|c| {
+                        let name = name.clone();
+                        async move {
+                            Self::zones(c)
+                                .delete_zone(v1::DeleteZoneRequest { name, force })
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+            ZoneCmd::Import { zone, file } => {
+                let origin = Name::parse(&absolute(&zone), None)?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let records = zonefile::parse(&text, &origin, None)
+                    .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                let mut sets: std::collections::BTreeMap<(Vec<u8>, u16), v1::RecordSet> =
+                    std::collections::BTreeMap::new();
+                for r in records {
+                    let lower = r.owner.to_lowercase();
+                    let set = sets
+                        .entry((lower.wire().to_vec(), r.rtype.0))
+                        .or_insert_with(|| v1::RecordSet {
+                            name: lower.to_string(),
+                            r#type: r.rtype.to_string(),
+                            ttl: r.ttl,
+                            values: Vec::new(),
+                        });
+                    let value = rdata_to_text(r.rtype, &r.rdata);
+                    if !set.values.contains(&value) {
+                        set.values.push(value);
+                    }
+                }
+                if sets.len() > meridian_core::change::BATCH_CHANGES_MAX {
+                    bail!(
+                        "{} record sets: imports are one all-or-nothing batch of at most {} sets for now",
+                        sets.len(),
+                        meridian_core::change::BATCH_CHANGES_MAX
+                    );
+                }
+                let req = v1::ChangeRecordSetsRequest {
+                    zone: origin.to_string(),
+                    comment: format!("import of {}", file.display()),
+                    changes: sets
+                        .into_values()
+                        .map(|s| v1::Change {
+                            action: v1::Action::Upsert as i32,
+                            record_set: Some(s),
+                        })
+                        .collect(),
+                    idempotency_token: String::new(),
+                    expected_zone_version: None,
+                };
+                let change = self
+                    .call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Self::zones(c)
+                                .change_record_sets(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+            ZoneCmd::Export { zone, stale } => {
+                let sets = self.list_all(&absolute(&zone), None, None, stale).await?;
+                let mut out = std::io::stdout().lock();
+                use std::io::Write;
+                writeln!(out, "$ORIGIN {}", absolute(&zone))?;
+                for s in sets {
+                    for v in &s.values {
+                        writeln!(out, "{}\t{}\tIN\t{}\t{}", s.name, s.ttl, s.r#type, v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_all(
+        &self,
+        zone: &str,
+        name: Option<String>,
+        rtype: Option<String>,
+        stale: bool,
+    ) -> Result<Vec<v1::RecordSet>> {
+        let mut all = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let req = v1::ListRecordSetsRequest {
+                zone: zone.to_string(),
+                name: name.clone().unwrap_or_default(),
+                r#type: rtype.clone().unwrap_or_default(),
+                start_after: cursor.clone(),
+                max_items: 0,
+                stale,
+            };
+            let page = self
+                .call(|c| {
+                    let req = req.clone();
+                    async move {
+                        Self::zones(c)
+                            .list_record_sets(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await?;
+            all.extend(page.record_sets);
+            if page.next_cursor.is_empty() {
+                return Ok(all);
+            }
+            cursor = page.next_cursor;
+        }
+    }
+
+    fn print_zones(&self, zones: &[v1::Zone]) {
+        match self.output {
+            Output::Json => self.print_json(json!(
+                zones
+                    .iter()
+                    .map(|z| json!({
+                        "name": z.name, "caller_reference": z.caller_reference,
+                        "record_set_count": z.record_set_count, "version": z.version,
+                    }))
+                    .collect::<Vec<_>>()
+            )),
+            Output::Table => {
+                println!("{:<40} {:>8} {:>10}", "ZONE", "SETS", "VERSION");
+                for z in zones {
+                    println!("{:<40} {:>8} {:>10}", z.name, z.record_set_count, z.version);
+                }
+            }
+        }
+    }
+
+    fn print_change(&self, c: &v1::ChangeInfo) {
+        let status = if c.status == v1::ChangeStatus::Insync as i32 {
+            "INSYNC"
+        } else {
+            "PENDING"
+        };
+        match self.output {
+            Output::Json => self.print_json(
+                json!({"id": c.id, "status": status, "version": c.version, "comment": c.comment}),
+            ),
+            Output::Table => println!("change {}  {}  version {}", c.id, status, c.version),
+        }
+    }
+
+    pub async fn record(&self, cmd: RecordCmd) -> Result<()> {
+        match cmd {
+            RecordCmd::List {
+                zone,
+                name,
+                rtype,
+                stale,
+            } => {
+                let sets = self.list_all(&absolute(&zone), name, rtype, stale).await?;
+                match self.output {
+                    Output::Json => {
+                        self.print_json(json!(sets.iter().map(|s| json!({
+                        "name": s.name, "type": s.r#type, "ttl": s.ttl, "values": s.values,
+                    })).collect::<Vec<_>>()))
+                    }
+                    Output::Table => {
+                        println!("{:<40} {:<8} {:>8}  VALUES", "NAME", "TYPE", "TTL");
+                        for s in sets {
+                            println!(
+                                "{:<40} {:<8} {:>8}  {}",
+                                s.name,
+                                s.r#type,
+                                s.ttl,
+                                s.values.join(" | ")
+                            );
+                        }
+                    }
+                }
+            }
+            RecordCmd::Create(a) => self.change_one(v1::Action::Create, a).await?,
+            RecordCmd::Upsert(a) => self.change_one(v1::Action::Upsert, a).await?,
+            RecordCmd::Delete(a) => self.change_one(v1::Action::Delete, a).await?,
+            RecordCmd::Apply {
+                zone,
+                file,
+                expect_version,
+                token,
+            } => {
+                let origin = Name::parse(&absolute(&zone), None)?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let batch = parse_change_batch(&text, &origin)
+                    .map_err(|e| anyhow!("{}: {e}", file.display()))?;
+                let req = v1::ChangeRecordSetsRequest {
+                    zone: origin.to_string(),
+                    comment: batch.comment.clone(),
+                    changes: batch
+                        .changes
+                        .iter()
+                        .map(|c| v1::Change {
+                            action: match c.action {
+                                Action::Create => v1::Action::Create,
+                                Action::Delete => v1::Action::Delete,
+                                Action::Upsert => v1::Action::Upsert,
+                            } as i32,
+                            record_set: Some(v1::RecordSet {
+                                name: c.record_set.name.to_string(),
+                                r#type: c.record_set.rtype.to_string(),
+                                ttl: c.record_set.ttl,
+                                values: c
+                                    .record_set
+                                    .rdatas
+                                    .iter()
+                                    .map(|rd| rdata_to_text(c.record_set.rtype, rd))
+                                    .collect(),
+                            }),
+                        })
+                        .collect(),
+                    idempotency_token: token.unwrap_or_default(),
+                    expected_zone_version: expect_version,
+                };
+                let change = self
+                    .call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Self::zones(c)
+                                .change_record_sets(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+        }
+        Ok(())
+    }
+
+    async fn change_one(&self, action: v1::Action, a: RecordArgs) -> Result<()> {
+        let zone = absolute(&a.zone);
+        let origin = Name::parse(&zone, None)?;
+        let name = if a.name == "@" {
+            origin.clone()
+        } else if a.name.ends_with('.') {
+            Name::parse(&a.name, None)?
+        } else {
+            Name::parse(&a.name, Some(&origin))?
+        };
+        RType::from_text(&a.rtype).ok_or_else(|| anyhow!("unknown record type {:?}", a.rtype))?;
+        let mut set = v1::RecordSet {
+            name: name.to_string(),
+            r#type: a.rtype.to_uppercase(),
+            ttl: a.ttl,
+            values: a.values.clone(),
+        };
+        if action == v1::Action::Delete && a.values.is_empty() {
+            // Delete the current set: DELETE must match it exactly, so read it first.
+            let current = self
+                .list_all(&zone, Some(name.to_string()), Some(a.rtype.clone()), false)
+                .await?;
+            set = current
+                .into_iter()
+                .next()
+                .ok_or_else(|| anyhow!("no {} {} in {zone}", name, a.rtype))?;
+        }
+        if action != v1::Action::Delete && set.values.is_empty() {
+            bail!("give at least one value");
+        }
+        let req = v1::ChangeRecordSetsRequest {
+            zone,
+            comment: String::new(),
+            changes: vec![v1::Change {
+                action: action as i32,
+                record_set: Some(set),
+            }],
+            idempotency_token: String::new(),
+            expected_zone_version: None,
+        };
+        let change = self
+            .call(|c| {
+                let req = req.clone();
+                async move {
+                    Self::zones(c)
+                        .change_record_sets(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        self.print_change(&change);
+        Ok(())
+    }
+
+    async fn get_change(&self, id: &str) -> Result<v1::ChangeInfo> {
+        self.call(|c| {
+            let id = id.to_string();
+            async move {
+                Self::zones(c)
+                    .get_change(v1::GetChangeRequest { id, stale: false })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn change(&self, cmd: ChangeCmd) -> Result<()> {
+        match cmd {
+            ChangeCmd::Get { id } => {
+                let c = self.get_change(&id).await?;
+                self.print_change(&c);
+            }
+            ChangeCmd::Wait { id, timeout } => {
+                let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+                loop {
+                    let c = self.get_change(&id).await?;
+                    if c.status == v1::ChangeStatus::Insync as i32 {
+                        self.print_change(&c);
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        bail!("change {id} still PENDING after {timeout} s");
+                    }
+                    tokio::time::sleep(WAIT_POLL).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn edges(&self, cmd: EdgesCmd) -> Result<()> {
+        let EdgesCmd::List = cmd;
+        let list = self
+            .call(|c| async move {
+                EdgeSyncClient::new(c)
+                    .list_edges(v1::ListEdgesRequest { local: false })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?;
+        let now = meridian_control::node::now_ms();
+        match self.output {
+            Output::Json => self.print_json(json!({
+                "catalog_version": list.catalog_version,
+                "edges": list.edges.iter().map(|e| json!({
+                    "id": e.edge_id, "pop": e.pop, "version": e.applied_version,
+                    "lag": list.catalog_version.saturating_sub(e.applied_version),
+                    "last_seen_ms_ago": now.saturating_sub(e.last_seen_unix_ms),
+                    "stale": e.stale, "addresses": e.addresses,
+                })).collect::<Vec<_>>(),
+            })),
+            Output::Table => {
+                println!("catalog version {}", list.catalog_version);
+                println!(
+                    "{:<20} {:<12} {:>10} {:>6} {:>12}  STATE",
+                    "EDGE", "POP", "VERSION", "LAG", "LAST SEEN"
+                );
+                for e in &list.edges {
+                    println!(
+                        "{:<20} {:<12} {:>10} {:>6} {:>10.1}s  {}",
+                        e.edge_id,
+                        e.pop,
+                        e.applied_version,
+                        list.catalog_version.saturating_sub(e.applied_version),
+                        now.saturating_sub(e.last_seen_unix_ms) as f64 / 1000.0,
+                        if e.stale { "stale" } else { "live" }
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
