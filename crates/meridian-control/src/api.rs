@@ -105,213 +105,282 @@ impl zones_server::Zones for Api {
         &self,
         request: Request<v1::CreateZoneRequest>,
     ) -> Result<Response<v1::Zone>, Status> {
-        let req = request.into_inner();
-        let name = parse_name(&req.name, None)?;
-        let ns_names: Vec<Name> = if req.name_servers.is_empty() {
-            vec![
-                name.prepend(b"ns1")
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            ]
-        } else {
-            req.name_servers
-                .iter()
-                .map(|n| parse_name(n, Some(&name)))
-                .collect::<Result<_, _>>()?
-        };
-        let mname = if req.soa_mname.is_empty() {
-            ns_names[0].clone()
-        } else {
-            parse_name(&req.soa_mname, Some(&name))?
-        };
-        let rname = if req.soa_rname.is_empty() {
-            name.prepend(b"hostmaster")
-                .map_err(|e| Status::invalid_argument(e.to_string()))?
-        } else {
-            parse_name(&req.soa_rname, Some(&name))?
-        };
-        let mut soa = mname.wire().to_vec();
-        soa.extend_from_slice(rname.wire());
-        // serial, refresh, retry, expire, minimum (Route 53's defaults).
-        for v in [1u32, 7200, 900, 1_209_600, 86400] {
-            soa.extend_from_slice(&v.to_be_bytes());
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let name = parse_name(&req.name, None)?;
+            let ns_names: Vec<Name> = if req.name_servers.is_empty() {
+                vec![
+                    name.prepend(b"ns1")
+                        .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                ]
+            } else {
+                req.name_servers
+                    .iter()
+                    .map(|n| parse_name(n, Some(&name)))
+                    .collect::<Result<_, _>>()?
+            };
+            let mname = if req.soa_mname.is_empty() {
+                ns_names[0].clone()
+            } else {
+                parse_name(&req.soa_mname, Some(&name))?
+            };
+            let rname = if req.soa_rname.is_empty() {
+                name.prepend(b"hostmaster")
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?
+            } else {
+                parse_name(&req.soa_rname, Some(&name))?
+            };
+            let mut soa = mname.wire().to_vec();
+            soa.extend_from_slice(rname.wire());
+            // serial, refresh, retry, expire, minimum (Route 53's defaults).
+            for v in [1u32, 7200, 900, 1_209_600, 86400] {
+                soa.extend_from_slice(&v.to_be_bytes());
+            }
+            let command = Command::CreateZone {
+                name: name.clone(),
+                caller_reference: req.caller_reference.clone(),
+                soa,
+                ns: ns_names.iter().map(|n| n.wire().to_vec()).collect(),
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            result_to_change(result, "")?;
+            let state = self.node.sm.state.read().expect("state lock");
+            let zone = state
+                .zones
+                .get(&name)
+                .ok_or_else(|| Status::internal("zone missing after create"))?;
+            Ok(Response::new(zone_info(zone)))
         }
-        let command = Command::CreateZone {
-            name: name.clone(),
-            caller_reference: req.caller_reference.clone(),
-            soa,
-            ns: ns_names.iter().map(|n| n.wire().to_vec()).collect(),
-            change_id: self.node.next_change_id(),
-            submitted_ms: now_ms(),
-        };
-        let result = self.node.write(command).await.map_err(status)?;
-        result_to_change(result, "")?;
-        let state = self.node.sm.state.read().expect("state lock");
-        let zone = state
-            .zones
-            .get(&name)
-            .ok_or_else(|| Status::internal("zone missing after create"))?;
-        Ok(Response::new(zone_info(zone)))
+        .await;
+        self.node.metrics.call(
+            "CreateZone",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn list_zones(
         &self,
         request: Request<v1::ListZonesRequest>,
     ) -> Result<Response<v1::ListZonesResponse>, Status> {
-        self.read_guard(request.get_ref().stale).await?;
-        let state = self.node.sm.state.read().expect("state lock");
-        Ok(Response::new(v1::ListZonesResponse {
-            zones: state.zones.values().map(zone_info).collect(),
-        }))
+        let result: Result<_, Status> = async move {
+            self.read_guard(request.get_ref().stale).await?;
+            let state = self.node.sm.state.read().expect("state lock");
+            Ok(Response::new(v1::ListZonesResponse {
+                zones: state.zones.values().map(zone_info).collect(),
+            }))
+        }
+        .await;
+        self.node.metrics.call(
+            "ListZones",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn get_zone(
         &self,
         request: Request<v1::GetZoneRequest>,
     ) -> Result<Response<v1::Zone>, Status> {
-        let req = request.into_inner();
-        self.read_guard(req.stale).await?;
-        let name = parse_name(&req.name, None)?;
-        let state = self.node.sm.state.read().expect("state lock");
-        let zone = state
-            .zones
-            .get(&name)
-            .ok_or_else(|| Status::not_found(format!("NoSuchHostedZone: no zone {name}")))?;
-        Ok(Response::new(zone_info(zone)))
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            self.read_guard(req.stale).await?;
+            let name = parse_name(&req.name, None)?;
+            let state = self.node.sm.state.read().expect("state lock");
+            let zone = state
+                .zones
+                .get(&name)
+                .ok_or_else(|| Status::not_found(format!("NoSuchHostedZone: no zone {name}")))?;
+            Ok(Response::new(zone_info(zone)))
+        }
+        .await;
+        self.node.metrics.call(
+            "GetZone",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn delete_zone(
         &self,
         request: Request<v1::DeleteZoneRequest>,
     ) -> Result<Response<v1::ChangeInfo>, Status> {
-        let req = request.into_inner();
-        let name = parse_name(&req.name, None)?;
-        let command = Command::DeleteZone {
-            name,
-            force: req.force,
-            change_id: self.node.next_change_id(),
-            submitted_ms: now_ms(),
-        };
-        let result = self.node.write(command).await.map_err(status)?;
-        Ok(Response::new(result_to_change(result, "")?))
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let name = parse_name(&req.name, None)?;
+            let command = Command::DeleteZone {
+                name,
+                force: req.force,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node.metrics.call(
+            "DeleteZone",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn change_record_sets(
         &self,
         request: Request<v1::ChangeRecordSetsRequest>,
     ) -> Result<Response<v1::ChangeInfo>, Status> {
-        let req = request.into_inner();
-        let zone = parse_name(&req.zone, None)?;
-        let batch = batch_from_proto(&req, &zone)?;
-        let comment = batch.comment.clone();
-        let command = Command::ChangeBatch {
-            zone,
-            batch,
-            idempotency_token: (!req.idempotency_token.is_empty())
-                .then(|| req.idempotency_token.clone()),
-            expected_zone_version: req.expected_zone_version,
-            change_id: self.node.next_change_id(),
-            submitted_ms: now_ms(),
-        };
-        let result = self.node.write(command).await.map_err(status)?;
-        Ok(Response::new(result_to_change(result, &comment)?))
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let zone = parse_name(&req.zone, None)?;
+            let batch = batch_from_proto(&req, &zone)?;
+            let comment = batch.comment.clone();
+            let command = Command::ChangeBatch {
+                zone,
+                batch,
+                idempotency_token: (!req.idempotency_token.is_empty())
+                    .then(|| req.idempotency_token.clone()),
+                expected_zone_version: req.expected_zone_version,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, &comment)?))
+        }
+        .await;
+        self.node.metrics.call(
+            "ChangeRecordSets",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn list_record_sets(
         &self,
         request: Request<v1::ListRecordSetsRequest>,
     ) -> Result<Response<v1::ListRecordSetsResponse>, Status> {
-        let req = request.into_inner();
-        self.read_guard(req.stale).await?;
-        let zone_name = parse_name(&req.zone, None)?;
-        let name_filter = if req.name.is_empty() {
-            None
-        } else {
-            Some(parse_name(&req.name, Some(&zone_name))?)
-        };
-        let type_filter: Option<RType> = if req.r#type.is_empty() {
-            None
-        } else {
-            Some(parse_type(&req.r#type)?)
-        };
-        let max = match req.max_items {
-            0 => LIST_PAGE_DEFAULT,
-            n => n.min(LIST_PAGE_MAX),
-        } as usize;
-        let after: Option<(Vec<u8>, u16)> = if req.start_after.is_empty() {
-            None
-        } else {
-            let (n, t) = req
-                .start_after
-                .rsplit_once(' ')
-                .ok_or_else(|| Status::invalid_argument("start_after is \"NAME TYPE\""))?;
-            Some((parse_name(n, None)?.wire().to_vec(), parse_type(t)?.0))
-        };
-        let state = self.node.sm.state.read().expect("state lock");
-        let zone = state
-            .zones
-            .get(&zone_name)
-            .ok_or_else(|| Status::not_found(format!("NoSuchHostedZone: no zone {zone_name}")))?;
-        let range: Box<dyn Iterator<Item = (&(Vec<u8>, u16), &crate::state::SetData)>> =
-            match (&after, &name_filter) {
-                (Some(a), _) => Box::new(zone.sets.range((
-                    std::ops::Bound::Excluded(a.clone()),
-                    std::ops::Bound::Unbounded,
-                ))),
-                (None, Some(n)) => Box::new(zone.sets.range((n.wire().to_vec(), 0)..)),
-                (None, None) => Box::new(zone.sets.iter()),
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            self.read_guard(req.stale).await?;
+            let zone_name = parse_name(&req.zone, None)?;
+            let name_filter = if req.name.is_empty() {
+                None
+            } else {
+                Some(parse_name(&req.name, Some(&zone_name))?)
             };
-        let mut out = Vec::new();
-        let mut next_cursor = String::new();
-        for ((n, t), d) in range {
-            if let Some(f) = &name_filter
-                && n.as_slice() != f.wire()
-            {
-                if n.as_slice() > f.wire() {
+            let type_filter: Option<RType> = if req.r#type.is_empty() {
+                None
+            } else {
+                Some(parse_type(&req.r#type)?)
+            };
+            let max = match req.max_items {
+                0 => LIST_PAGE_DEFAULT,
+                n => n.min(LIST_PAGE_MAX),
+            } as usize;
+            let after: Option<(Vec<u8>, u16)> = if req.start_after.is_empty() {
+                None
+            } else {
+                let (n, t) = req
+                    .start_after
+                    .rsplit_once(' ')
+                    .ok_or_else(|| Status::invalid_argument("start_after is \"NAME TYPE\""))?;
+                Some((parse_name(n, None)?.wire().to_vec(), parse_type(t)?.0))
+            };
+            let state = self.node.sm.state.read().expect("state lock");
+            let zone = state.zones.get(&zone_name).ok_or_else(|| {
+                Status::not_found(format!("NoSuchHostedZone: no zone {zone_name}"))
+            })?;
+            let range: Box<dyn Iterator<Item = (&(Vec<u8>, u16), &crate::state::SetData)>> =
+                match (&after, &name_filter) {
+                    (Some(a), _) => Box::new(zone.sets.range((
+                        std::ops::Bound::Excluded(a.clone()),
+                        std::ops::Bound::Unbounded,
+                    ))),
+                    (None, Some(n)) => Box::new(zone.sets.range((n.wire().to_vec(), 0)..)),
+                    (None, None) => Box::new(zone.sets.iter()),
+                };
+            let mut out = Vec::new();
+            let mut next_cursor = String::new();
+            for ((n, t), d) in range {
+                if let Some(f) = &name_filter
+                    && n.as_slice() != f.wire()
+                {
+                    if n.as_slice() > f.wire() {
+                        break;
+                    }
+                    continue;
+                }
+                if type_filter.is_some_and(|tf| tf.0 != *t) {
+                    continue;
+                }
+                if out.len() == max {
+                    let last: &v1::RecordSet = out.last().expect("page not empty");
+                    next_cursor = format!("{} {}", last.name, last.r#type);
                     break;
                 }
-                continue;
+                out.push(record_set_to_proto(n, *t, d.ttl, &d.rdatas));
             }
-            if type_filter.is_some_and(|tf| tf.0 != *t) {
-                continue;
-            }
-            if out.len() == max {
-                let last: &v1::RecordSet = out.last().expect("page not empty");
-                next_cursor = format!("{} {}", last.name, last.r#type);
-                break;
-            }
-            out.push(record_set_to_proto(n, *t, d.ttl, &d.rdatas));
+            Ok(Response::new(v1::ListRecordSetsResponse {
+                record_sets: out,
+                next_cursor,
+            }))
         }
-        Ok(Response::new(v1::ListRecordSetsResponse {
-            record_sets: out,
-            next_cursor,
-        }))
+        .await;
+        self.node.metrics.call(
+            "ListRecordSets",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn get_change(
         &self,
         request: Request<v1::GetChangeRequest>,
     ) -> Result<Response<v1::ChangeInfo>, Status> {
-        let req = request.into_inner();
-        self.read_guard(req.stale).await?;
-        let record = {
-            let state = self.node.sm.state.read().expect("state lock");
-            state.changes.get(&req.id).cloned()
-        };
-        let record = record
-            .ok_or_else(|| Status::not_found(format!("NoSuchChange: no change {}", req.id)))?;
-        let all = self.cluster_edges().await;
-        let status = if edges::in_sync(&all, record.version, now_ms()) {
-            v1::ChangeStatus::Insync
-        } else {
-            v1::ChangeStatus::Pending
-        };
-        Ok(Response::new(v1::ChangeInfo {
-            id: record.id,
-            status: status as i32,
-            version: record.version,
-            comment: record.comment,
-            submitted_unix_ms: record.submitted_ms,
-        }))
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            self.read_guard(req.stale).await?;
+            let record = {
+                let state = self.node.sm.state.read().expect("state lock");
+                state.changes.get(&req.id).cloned()
+            };
+            let record = record
+                .ok_or_else(|| Status::not_found(format!("NoSuchChange: no change {}", req.id)))?;
+            let all = self.cluster_edges().await;
+            let status = if edges::in_sync(&all, record.version, now_ms()) {
+                v1::ChangeStatus::Insync
+            } else {
+                v1::ChangeStatus::Pending
+            };
+            Ok(Response::new(v1::ChangeInfo {
+                id: record.id,
+                status: status as i32,
+                version: record.version,
+                comment: record.comment,
+                submitted_unix_ms: record.submitted_ms,
+            }))
+        }
+        .await;
+        self.node.metrics.call(
+            "GetChange",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 }
 
@@ -332,122 +401,162 @@ impl cluster_server::Cluster for Api {
         &self,
         request: Request<v1::InitRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let req = request.into_inner();
-        let mut nodes = BTreeMap::new();
-        if req.nodes.is_empty() {
-            nodes.insert(
-                self.node.id,
-                BasicNode {
-                    addr: self.node.addr.clone(),
-                },
-            );
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let mut nodes = BTreeMap::new();
+            if req.nodes.is_empty() {
+                nodes.insert(
+                    self.node.id,
+                    BasicNode {
+                        addr: self.node.addr.clone(),
+                    },
+                );
+            }
+            for n in req.nodes {
+                nodes.insert(n.id, BasicNode { addr: n.addr });
+            }
+            self.node
+                .initialize(nodes)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            self.status(Request::new(v1::StatusRequest {})).await
         }
-        for n in req.nodes {
-            nodes.insert(n.id, BasicNode { addr: n.addr });
-        }
-        self.node
-            .initialize(nodes)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        self.status(Request::new(v1::StatusRequest {})).await
+        .await;
+        self.node.metrics.call(
+            "Init",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn add_node(
         &self,
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let node = request
-            .into_inner()
-            .node
-            .ok_or_else(|| Status::invalid_argument("node missing"))?;
-        let raft = &self.node.raft;
-        raft.add_learner(
-            node.id,
-            BasicNode {
-                addr: node.addr.clone(),
-            },
-            true,
-        )
-        .await
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let mut voters: std::collections::BTreeSet<u64> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        voters.insert(node.id);
-        raft.change_membership(voters, false)
+        let result: Result<_, Status> = async move {
+            let node = request
+                .into_inner()
+                .node
+                .ok_or_else(|| Status::invalid_argument("node missing"))?;
+            let raft = &self.node.raft;
+            raft.add_learner(
+                node.id,
+                BasicNode {
+                    addr: node.addr.clone(),
+                },
+                true,
+            )
             .await
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        self.status(Request::new(v1::StatusRequest {})).await
+            let mut voters: std::collections::BTreeSet<u64> = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            voters.insert(node.id);
+            raft.change_membership(voters, false)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            self.status(Request::new(v1::StatusRequest {})).await
+        }
+        .await;
+        self.node.metrics.call(
+            "AddNode",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn remove_node(
         &self,
         request: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let id = request.into_inner().id;
-        let raft = &self.node.raft;
-        let mut voters: std::collections::BTreeSet<u64> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
-        if !voters.remove(&id) {
-            return Err(Status::not_found(format!("node {id} is not a voter")));
+        let result: Result<_, Status> = async move {
+            let id = request.into_inner().id;
+            let raft = &self.node.raft;
+            let mut voters: std::collections::BTreeSet<u64> = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .collect();
+            if !voters.remove(&id) {
+                return Err(Status::not_found(format!("node {id} is not a voter")));
+            }
+            raft.change_membership(voters, false)
+                .await
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            self.status(Request::new(v1::StatusRequest {})).await
         }
-        raft.change_membership(voters, false)
-            .await
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        self.status(Request::new(v1::StatusRequest {})).await
+        .await;
+        self.node.metrics.call(
+            "RemoveNode",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn status(
         &self,
         _request: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let m = self.node.raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let voter_ids: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let mut voters = Vec::new();
-        let mut learners = Vec::new();
-        for (id, node) in membership.nodes() {
-            let n = v1::Node {
-                id: *id,
-                addr: node.addr.clone(),
-            };
-            if voter_ids.contains(id) {
-                voters.push(n)
-            } else {
-                learners.push(n)
+        let result: Result<_, Status> = async move {
+            let m = self.node.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voter_ids: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+            let mut voters = Vec::new();
+            let mut learners = Vec::new();
+            for (id, node) in membership.nodes() {
+                let n = v1::Node {
+                    id: *id,
+                    addr: node.addr.clone(),
+                };
+                if voter_ids.contains(id) {
+                    voters.push(n)
+                } else {
+                    learners.push(n)
+                }
             }
-        }
-        let catalog_version = self
-            .node
-            .sm
-            .state
-            .read()
-            .expect("state lock")
-            .catalog_version;
-        Ok(Response::new(v1::ClusterStatus {
-            node_id: self.node.id,
-            leader: m.current_leader,
-            term: m.current_term,
-            commit_index: self
+            let catalog_version = self
                 .node
-                .committed_index
-                .load(std::sync::atomic::Ordering::Relaxed)
-                .max(m.last_applied.map(|l| l.index).unwrap_or(0)),
-            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
-            voters,
-            learners,
-            role: format!("{:?}", m.state),
-            catalog_version,
-        }))
+                .sm
+                .state
+                .read()
+                .expect("state lock")
+                .catalog_version;
+            Ok(Response::new(v1::ClusterStatus {
+                node_id: self.node.id,
+                leader: m.current_leader,
+                term: m.current_term,
+                commit_index: self
+                    .node
+                    .committed_index
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .max(m.last_applied.map(|l| l.index).unwrap_or(0)),
+                applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+                voters,
+                learners,
+                role: format!("{:?}", m.state),
+                catalog_version,
+            }))
+        }
+        .await;
+        self.node.metrics.call(
+            "Status",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 }
 
@@ -643,49 +752,69 @@ impl edge_sync_server::EdgeSync for Api {
         &self,
         request: Request<v1::EdgeReport>,
     ) -> Result<Response<v1::ReportReply>, Status> {
-        let r = request.into_inner();
-        self.node.edges.report(EdgeEntry {
-            edge_id: r.edge_id,
-            pop: r.pop,
-            applied_version: r.applied_version,
-            addresses: r.addresses,
-            last_seen_ms: 0,
-        });
-        Ok(Response::new(v1::ReportReply {}))
+        let result: Result<_, Status> = async move {
+            let r = request.into_inner();
+            self.node.edges.report(EdgeEntry {
+                edge_id: r.edge_id,
+                pop: r.pop,
+                applied_version: r.applied_version,
+                addresses: r.addresses,
+                last_seen_ms: 0,
+            });
+            Ok(Response::new(v1::ReportReply {}))
+        }
+        .await;
+        self.node.metrics.call(
+            "Report",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 
     async fn list_edges(
         &self,
         request: Request<v1::ListEdgesRequest>,
     ) -> Result<Response<v1::ListEdgesResponse>, Status> {
-        let local = request.into_inner().local;
-        let entries = if local {
-            self.node.edges.list()
-        } else {
-            self.cluster_edges().await
-        };
-        let now = now_ms();
-        let catalog_version = self
-            .node
-            .sm
-            .state
-            .read()
-            .expect("state lock")
-            .catalog_version;
-        Ok(Response::new(v1::ListEdgesResponse {
-            edges: entries
-                .into_iter()
-                .map(|e| v1::EdgeInfo {
-                    stale: e.is_stale(now),
-                    edge_id: e.edge_id,
-                    pop: e.pop,
-                    applied_version: e.applied_version,
-                    addresses: e.addresses,
-                    last_seen_unix_ms: e.last_seen_ms,
-                })
-                .collect(),
-            catalog_version,
-        }))
+        let result: Result<_, Status> = async move {
+            let local = request.into_inner().local;
+            let entries = if local {
+                self.node.edges.list()
+            } else {
+                self.cluster_edges().await
+            };
+            let now = now_ms();
+            let catalog_version = self
+                .node
+                .sm
+                .state
+                .read()
+                .expect("state lock")
+                .catalog_version;
+            Ok(Response::new(v1::ListEdgesResponse {
+                edges: entries
+                    .into_iter()
+                    .map(|e| v1::EdgeInfo {
+                        stale: e.is_stale(now),
+                        edge_id: e.edge_id,
+                        pop: e.pop,
+                        applied_version: e.applied_version,
+                        addresses: e.addresses,
+                        last_seen_unix_ms: e.last_seen_ms,
+                    })
+                    .collect(),
+                catalog_version,
+            }))
+        }
+        .await;
+        self.node.metrics.call(
+            "ListEdges",
+            result
+                .as_ref()
+                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
+        );
+        result
     }
 }
 

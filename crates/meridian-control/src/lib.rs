@@ -13,6 +13,7 @@ pub mod api;
 pub mod convert;
 pub mod edges;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod sm_store;

@@ -39,6 +39,8 @@ pub struct ControlNode {
     pub raft: Raft,
     pub sm: StateMachine,
     pub edges: Arc<EdgeRegistry>,
+    /// API call counts and commit latency.
+    pub metrics: crate::metrics::ApiMetrics,
     /// Highest committed log index this node knows.
     pub committed_index: Arc<AtomicU64>,
     change_counter: AtomicU64,
@@ -106,6 +108,7 @@ impl ControlNode {
             sm,
             edges: Arc::new(EdgeRegistry::default()),
             committed_index,
+            metrics: crate::metrics::ApiMetrics::default(),
             change_counter: AtomicU64::new(0),
         }))
     }
@@ -119,6 +122,15 @@ impl ControlNode {
     /// Proposes a command: through our Raft if we lead, else forwarded to the leader. Returns
     /// once a majority has it durably and it is applied.
     pub async fn write(&self, command: Command) -> Result<CommandResult, Error> {
+        let started = std::time::Instant::now();
+        let result = self.write_inner(command).await;
+        if result.is_ok() {
+            self.metrics.commit(started.elapsed());
+        }
+        result
+    }
+
+    async fn write_inner(&self, command: Command) -> Result<CommandResult, Error> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
             match self.raft.client_write(command.clone()).await {

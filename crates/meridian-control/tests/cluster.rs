@@ -340,3 +340,104 @@ async fn a_minority_cannot_commit() {
     );
     stop(&mut members[(lead - 1) as usize]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_added_after_compaction_catches_up_from_a_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = start(1, &tmp.path().join("n1"), None).await;
+    let mut nodes = BTreeMap::new();
+    nodes.insert(
+        1,
+        BasicNode {
+            addr: first.addr.clone(),
+        },
+    );
+    first.node.initialize(nodes).await.unwrap();
+    leader(&[&first]).await;
+    first.node.write(create_zone(&first)).await.unwrap();
+    let mut last = 0;
+    for i in 0..50u8 {
+        if let CommandResult::Applied { version, .. } = first
+            .node
+            .write(upsert(&first, &format!("s{i}"), i))
+            .await
+            .unwrap()
+        {
+            last = version;
+        }
+    }
+    // Snapshot, then compact the log past everything: a new node can only catch up by snapshot.
+    first.node.raft.trigger().snapshot().await.unwrap();
+    wait_for("snapshot", || {
+        first
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .snapshot
+            .map(|s| s.index)
+            .unwrap_or(0)
+            >= last
+    })
+    .await;
+    first.node.raft.trigger().purge_log(last).await.unwrap();
+    wait_for("purge", || {
+        first
+            .node
+            .raft
+            .metrics()
+            .borrow()
+            .purged
+            .map(|p| p.index)
+            .unwrap_or(0)
+            >= last
+    })
+    .await;
+
+    let second = start(2, &tmp.path().join("n2"), None).await;
+    first
+        .node
+        .raft
+        .add_learner(
+            2,
+            BasicNode {
+                addr: second.addr.clone(),
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    first
+        .node
+        .raft
+        .change_membership([1u64, 2], false)
+        .await
+        .unwrap();
+    wait_for("new node to install the snapshot", || {
+        applied(&second) >= last
+    })
+    .await;
+    assert_eq!(sets_of(&second), sets_of(&first));
+    assert_eq!(
+        second.node.sm.state.read().unwrap().catalog_checksum(),
+        first.node.sm.state.read().unwrap().catalog_checksum()
+    );
+    // And it keeps replicating after the snapshot.
+    let CommandResult::Applied { version, .. } =
+        first.node.write(upsert(&first, "later", 9)).await.unwrap()
+    else {
+        panic!()
+    };
+    wait_for("replication after snapshot", || applied(&second) >= version).await;
+    // Removing it leaves a one-node cluster that still commits.
+    first
+        .node
+        .raft
+        .change_membership([1u64], false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        first.node.write(upsert(&first, "alone", 1)).await.unwrap(),
+        CommandResult::Applied { .. }
+    ));
+}

@@ -122,6 +122,9 @@ struct ControlArgs {
     /// Address peers and clients use to reach this node (default: --listen).
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -134,7 +137,15 @@ struct DevArgs {
     dns: SocketAddr,
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // One line, no backtrace: scripts and people read the reason, not our stack.
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -233,6 +244,15 @@ async fn control(args: ControlArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    if let Some(addr) = args.metrics {
+        let metrics_listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding metrics on {addr}"))?;
+        tokio::spawn(meridian_control::metrics::serve(
+            metrics_listener,
+            node.clone(),
+        ));
+    }
     tracing::info!(id = args.id, listen = %args.listen, %advertise, "control node serving");
     meridian_control::api::serve(node.clone(), listener, shutdown_signal()).await?;
     let _ = node.raft.shutdown().await;
