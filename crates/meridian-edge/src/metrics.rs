@@ -83,17 +83,42 @@ pub fn render(udp: &[Arc<UdpStats>], tcp: &TcpStats, sync: &SyncStats) -> String
     );
     let _ = writeln!(out, "# TYPE meridian_edge_replies_total counter");
     for (code, name) in RCODE_NAMES.iter().enumerate() {
-        let n: u64 = udp
-            .iter()
-            .map(|s| s.rcodes[code].load(Ordering::Relaxed))
-            .sum();
-        if n > 0 {
-            let _ = writeln!(
-                out,
-                "meridian_edge_replies_total{{transport=\"udp\",rcode=\"{name}\"}} {n}"
-            );
+        let by_transport = [
+            (
+                "udp",
+                udp.iter()
+                    .map(|s| s.rcodes[code].load(Ordering::Relaxed))
+                    .sum::<u64>(),
+            ),
+            ("tcp", tcp.rcodes[code].load(Ordering::Relaxed)),
+        ];
+        for (transport, n) in by_transport {
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "meridian_edge_replies_total{{transport=\"{transport}\",rcode=\"{name}\"}} {n}"
+                );
+            }
         }
     }
+    let _ = writeln!(out, "# TYPE meridian_edge_udp_answer_seconds histogram");
+    let mut cumulative = 0u64;
+    for (i, bound) in crate::udp::LATENCY_BUCKETS_US.iter().enumerate() {
+        cumulative += udp
+            .iter()
+            .map(|s| s.latency_buckets[i].load(Ordering::Relaxed))
+            .sum::<u64>();
+        let le = if *bound == u64::MAX {
+            "+Inf".to_string()
+        } else {
+            format!("{}", *bound as f64 / 1e6)
+        };
+        let _ = writeln!(
+            out,
+            "meridian_edge_udp_answer_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+        );
+    }
+    let _ = writeln!(out, "meridian_edge_udp_answer_seconds_count {cumulative}");
     let _ = writeln!(out, "# TYPE meridian_edge_queries_total counter");
     let udp_queries: u64 = udp.iter().map(|s| s.queries.load(Ordering::Relaxed)).sum();
     let _ = writeln!(

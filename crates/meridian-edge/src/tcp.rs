@@ -33,6 +33,8 @@ const TCP_LISTEN_BACKLOG: i32 = 1024;
 pub struct TcpStats {
     pub connections: AtomicU64,
     pub queries: AtomicU64,
+    /// Replies by rcode, as for UDP.
+    pub rcodes: [AtomicU64; 24],
 }
 
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
@@ -145,7 +147,8 @@ async fn connection(
                 &mut answer,
             ) {
                 Outcome::Drop => return, // RFC 7766 §8: close on a message we cannot answer
-                Outcome::Reply { len, .. } => {
+                Outcome::Reply { len, rcode } => {
+                    stats.rcodes[(rcode as usize).min(23)].fetch_add(1, Ordering::Relaxed);
                     output.extend_from_slice(&(len as u16).to_be_bytes());
                     output.extend_from_slice(&answer[..len]);
                 }

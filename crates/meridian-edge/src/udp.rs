@@ -46,7 +46,13 @@ pub struct UdpStats {
     pub dropped: AtomicU64,
     /// Replies by rcode (0..=23; BADVERS and friends land at their extended value).
     pub rcodes: [AtomicU64; 24],
+    /// Queries by time from the batch's arrival (recvmmsg return) to its reply being handed to
+    /// the kernel (sendmmsg return), in the buckets of [`LATENCY_BUCKETS_US`].
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
 }
+
+/// Upper bounds (µs) of the answer-latency buckets; the last is +Inf.
+pub const LATENCY_BUCKETS_US: [u64; 8] = [10, 25, 50, 100, 250, 1000, 10_000, u64::MAX];
 
 /// Binds one UDP socket for a worker: SO_REUSEPORT so every worker has its own socket and the
 /// kernel spreads queries across them.
@@ -184,6 +190,8 @@ pub fn run_worker(
             continue; // timeout (stop poll), EINTR, or a transient error
         }
         let received = received as usize;
+        // vDSO clock reads: no syscall, no allocation.
+        let batch_started = std::time::Instant::now();
         let current = catalog.load();
         let mut ready = 0usize;
         for i in 0..received {
@@ -234,6 +242,12 @@ pub fn run_worker(
         }
         drop(current);
         send_all(fd, &mut b.tx_msgs[..ready]);
+        let micros = batch_started.elapsed().as_micros() as u64;
+        let bucket = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| micros <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len() - 1);
+        stats.latency_buckets[bucket].fetch_add(received as u64, Ordering::Relaxed);
     }
 }
 
