@@ -34,6 +34,10 @@ if [ -f tests/e2e/e2e.py ]; then
   echo "== end-to-end (real binary, dig/kdig, UDP/TCP, IPv4/IPv6, SIGHUP/SIGTERM)"
   python3 tests/e2e/e2e.py --meridian target/release/meridian
 fi
+if [ -f tests/cluster/cluster_e2e.py ]; then
+  echo "== control plane + edges, multi-process on loopback (3 control nodes, 3 edges)"
+  python3 tests/cluster/cluster_e2e.py --meridian target/release/meridian
+fi
 if [ -f tests/diff/knot_diff.py ]; then
   echo "== differential test against Knot DNS on tests/zones"
   python3 tests/diff/knot_diff.py --meridian target/release/meridian

@@ -31,6 +31,8 @@ pub const CATALOG_MESSAGE_BYTES_MAX: usize = 1 << 30;
 #[derive(Clone)]
 pub struct Api {
     pub node: Arc<ControlNode>,
+    /// Set when the server shuts down: catalog streams end so graceful shutdown can finish.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn status(e: Error) -> Status {
@@ -64,6 +66,31 @@ fn result_to_change(result: CommandResult, comment: &str) -> Result<v1::ChangeIn
 }
 
 impl Api {
+    /// Membership changes run on the leader: a client for it when this node is not the leader
+    /// (`None` when it is).
+    async fn leader_client(
+        &self,
+    ) -> Result<Option<v1::cluster_client::ClusterClient<tonic::transport::Channel>>, Status> {
+        let m = self.node.raft.metrics().borrow().clone();
+        match m.current_leader {
+            Some(id) if id == self.node.id => Ok(None),
+            Some(id) => {
+                let addr = m
+                    .membership_config
+                    .nodes()
+                    .find(|(n, _)| **n == id)
+                    .map(|(_, node)| node.addr.clone())
+                    .ok_or_else(|| Status::unavailable("leader address unknown"))?;
+                let endpoint =
+                    crate::network::endpoint(&addr).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(Some(v1::cluster_client::ClusterClient::new(
+                    endpoint.connect_lazy(),
+                )))
+            }
+            None => Err(Status::unavailable("no Raft leader; retry")),
+        }
+    }
+
     async fn read_guard(&self, stale: bool) -> Result<(), Status> {
         if stale {
             Ok(())
@@ -360,11 +387,12 @@ impl zones_server::Zones for Api {
             let record = record
                 .ok_or_else(|| Status::not_found(format!("NoSuchChange: no change {}", req.id)))?;
             let all = self.cluster_edges().await;
-            let status = if edges::in_sync(&all, record.version, now_ms()) {
-                v1::ChangeStatus::Insync
-            } else {
-                v1::ChangeStatus::Pending
-            };
+            let status =
+                if self.node.edges.is_warm() && edges::in_sync(&all, record.version, now_ms()) {
+                    v1::ChangeStatus::Insync
+                } else {
+                    v1::ChangeStatus::Pending
+                };
             Ok(Response::new(v1::ChangeInfo {
                 id: record.id,
                 status: status as i32,
@@ -436,8 +464,11 @@ impl cluster_server::Cluster for Api {
         request: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         let result: Result<_, Status> = async move {
-            let node = request
-                .into_inner()
+            let req = request.into_inner();
+            if let Some(mut leader) = self.leader_client().await? {
+                return leader.add_node(req).await;
+            }
+            let node = req
                 .node
                 .ok_or_else(|| Status::invalid_argument("node missing"))?;
             let raft = &self.node.raft;
@@ -478,7 +509,11 @@ impl cluster_server::Cluster for Api {
         request: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         let result: Result<_, Status> = async move {
-            let id = request.into_inner().id;
+            let req = request.into_inner();
+            if let Some(mut leader) = self.leader_client().await? {
+                return leader.remove_node(req).await;
+            }
+            let id = req.id;
             let raft = &self.node.raft;
             let mut voters: std::collections::BTreeSet<u64> = raft
                 .metrics()
@@ -730,9 +765,13 @@ impl edge_sync_server::EdgeSync for Api {
         tracing::info!(edge = %req.edge_id, pop = %req.pop, have = req.have_version, "edge subscribed");
         let node = self.node.clone();
         let mut version_rx = node.sm.version_tx.subscribe();
+        let mut stopping = self.stopping.clone();
         let stream = async_stream(move |tx| async move {
             let mut have = req.have_version;
             loop {
+                if *stopping.borrow() {
+                    return;
+                }
                 let updates = updates_since(&node, have);
                 for u in updates {
                     have = u.version;
@@ -740,8 +779,9 @@ impl edge_sync_server::EdgeSync for Api {
                         return;
                     }
                 }
-                if version_rx.changed().await.is_err() {
-                    return;
+                tokio::select! {
+                    r = version_rx.changed() => if r.is_err() { return },
+                    _ = stopping.changed() => return,
                 }
             }
         });
@@ -838,9 +878,21 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let api = Api { node };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    /// After the shutdown signal, connections get this long to finish before we stop anyway.
+    const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let api = Api { node, stopping };
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+        let _ = grace_tx.send(());
+    };
+    // Nagle off on every accepted connection: tonic's `tcp_nodelay` does not apply to an
+    // incoming stream we hand it, and Nagle + delayed ACKs add ~40 ms to small replies (commit
+    // acknowledgements, catalog deltas).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
             zones_server::ZonesServer::new(api.clone())
@@ -858,7 +910,16 @@ pub async fn serve(
                 .max_encoding_message_size(CATALOG_MESSAGE_BYTES_MAX)
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Serve(e.to_string()))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r.map_err(|e| Error::Serve(e.to_string())),
+        _ = async {
+            let _ = grace_rx.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("connections still open after the shutdown grace period; stopping anyway");
+            Ok(())
+        }
+    }
 }

@@ -10,6 +10,9 @@ use crate::node::now_ms;
 /// An edge silent for longer is stale: listed as such and not waited for by INSYNC. Edges report
 /// every second, so 10 s tolerates a few lost reports without hiding a dead edge for long.
 pub const EDGE_LIVENESS_WINDOW: Duration = Duration::from_secs(10);
+/// A control node that just started knows no edge yet. Edges report to every control node each
+/// second, so after this long every live edge has reported; until then INSYNC is not declared.
+pub const REGISTRY_WARMUP: Duration = Duration::from_secs(3);
 /// Edges one control node tracks; a bound on memory if ids churn.
 pub const EDGES_MAX: usize = 10_000;
 
@@ -28,12 +31,27 @@ impl EdgeEntry {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct EdgeRegistry {
     edges: Mutex<HashMap<String, EdgeEntry>>,
+    started: std::time::Instant,
+}
+
+impl Default for EdgeRegistry {
+    fn default() -> Self {
+        EdgeRegistry {
+            edges: Mutex::default(),
+            started: std::time::Instant::now(),
+        }
+    }
 }
 
 impl EdgeRegistry {
+    /// Whether every live edge has had the chance to report since this node started.
+    pub fn is_warm(&self) -> bool {
+        self.started.elapsed() >= REGISTRY_WARMUP
+    }
+
     pub fn report(&self, mut entry: EdgeEntry) {
         entry.last_seen_ms = now_ms();
         let mut edges = self.edges.lock().expect("edge registry lock");

@@ -133,31 +133,53 @@ impl ControlNode {
     async fn write_inner(&self, command: Command) -> Result<CommandResult, Error> {
         let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
         loop {
-            match self.raft.client_write(command.clone()).await {
+            let leader_seen = match self.raft.client_write(command.clone()).await {
                 Ok(resp) => return Ok(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
-                    if let Some(node) = fwd.leader_node {
-                        return forward(&node, &command).await;
+                    if let Some(node) = &fwd.leader_node {
+                        match forward(node, &command).await {
+                            Ok(result) => return Ok(result),
+                            // The leader we know may have just died: wait for the cluster to
+                            // elect another and retry. A retry is safe: the state machine
+                            // applies a change id once (see `State::apply`).
+                            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "forwarding failed; waiting for a leader");
+                                fwd.leader_id
+                            }
+                        }
+                    } else {
+                        None
                     }
-                    if tokio::time::Instant::now() > deadline {
-                        return Err(Error::NoLeader);
-                    }
-                    self.wait_for_leader(deadline).await?;
                 }
                 Err(e) => return Err(Error::Raft(e.to_string())),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::NoLeader);
             }
+            self.wait_for_new_leader(leader_seen, deadline).await?;
         }
     }
 
-    async fn wait_for_leader(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
+    /// Waits until a leader other than `old` is known (or, with `old` None, any leader); gives
+    /// up after a short while so a leader that was merely unreachable is tried again.
+    async fn wait_for_new_leader(
+        &self,
+        old: Option<NodeId>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Error> {
+        /// Retry the same leader after this long: the failure may have been transient.
+        const RETRY_AFTER: Duration = Duration::from_millis(300);
+        let retry_at = (tokio::time::Instant::now() + RETRY_AFTER).min(deadline);
         let mut metrics = self.raft.metrics();
         loop {
-            if metrics.borrow().current_leader.is_some() {
+            let leader = metrics.borrow().current_leader;
+            if leader.is_some() && leader != old {
                 return Ok(());
             }
             tokio::select! {
                 r = metrics.changed() => r.map_err(|_| Error::Raft("raft stopped".into()))?,
-                _ = tokio::time::sleep_until(deadline) => return Err(Error::NoLeader),
+                _ = tokio::time::sleep_until(retry_at) => return Ok(()),
             }
         }
     }

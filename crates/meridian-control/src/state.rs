@@ -221,6 +221,17 @@ impl State {
         command: &Command,
         persist: &mut Vec<Persist>,
     ) -> (CommandResult, Option<CatalogDelta>) {
+        // A proposer that lost the leader's answer retries with the same change id; the second
+        // entry must not apply the change again.
+        if let Some(first) = self.changes.get(command.change_id()) {
+            return (
+                CommandResult::Applied {
+                    change_id: first.id.clone(),
+                    version: first.version,
+                },
+                None,
+            );
+        }
         match command {
             Command::CreateZone {
                 name,

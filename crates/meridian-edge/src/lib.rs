@@ -56,7 +56,13 @@ pub struct Edge {
     stop_tcp: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
     tcp_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tasks that finish on their own once shutdown is signalled (the catalog stream, which
+    /// flushes the cache); `stop` waits for them, bounded by [`BACKGROUND_STOP_GRACE`].
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
+
+/// How long `stop` waits for background tasks (a cache flush of a large catalog).
+pub const BACKGROUND_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Edge {
     /// Binds every address (UDP: one SO_REUSEPORT socket per worker; TCP: one listener) and starts
@@ -125,6 +131,7 @@ impl Edge {
             stop_tcp,
             threads,
             tcp_tasks,
+            background: Vec::new(),
         })
     }
 
@@ -135,6 +142,13 @@ impl Edge {
 
     /// Stops accepting, waits for the workers to leave their loops.
     pub async fn stop(self) {
+        let background = self.background;
+        let _ = tokio::time::timeout(BACKGROUND_STOP_GRACE, async move {
+            for t in background {
+                let _ = t.await;
+            }
+        })
+        .await;
         self.stop_udp.store(true, Ordering::Relaxed);
         let _ = self.stop_tcp.send(true);
         for t in self.tcp_tasks {
@@ -253,7 +267,7 @@ pub async fn start_controlled(
             Err(_) => tracing::info!(dir = %dir.display(), "no catalog cache yet"),
         }
     }
-    let edge = Edge::start(options, initial)?;
+    let mut edge = Edge::start(options, initial)?;
     for addr in &edge.bound {
         tracing::info!(%addr, workers = options.workers, edge = %sync_options.edge_id, pop = %sync_options.pop, "serving DNS on UDP and TCP");
     }
@@ -261,7 +275,11 @@ pub async fn start_controlled(
         catalog: edge.catalog.clone(),
         stats: stats.clone(),
     };
-    tokio::spawn(sync::run(served, sync_options, shutdown.clone()));
+    edge.background.push(tokio::spawn(sync::run(
+        served,
+        sync_options,
+        shutdown.clone(),
+    )));
     if let Some(addr) = metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await

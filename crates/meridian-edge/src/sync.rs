@@ -275,9 +275,76 @@ pub struct Served {
 /// moves to the next endpoint (the edge keeps serving what it has).
 pub async fn run(served: Served, options: SyncOptions, mut shutdown: watch::Receiver<bool>) {
     let (cache_tx, cache_rx) = watch::channel::<Option<(u64, Arc<Catalog>)>>(None);
-    if let Some(dir) = options.cache_dir.clone() {
-        tokio::spawn(cache_writer(dir, cache_rx));
+    let writer = options
+        .cache_dir
+        .clone()
+        .map(|dir| tokio::spawn(cache_writer(dir, cache_rx)));
+    let reporter = tokio::spawn(report_everywhere(
+        options.clone(),
+        served.stats.clone(),
+        shutdown.clone(),
+    ));
+    follow_endpoints(&served, &options, &cache_tx, &mut shutdown).await;
+    reporter.abort();
+    // Flush the newest catalog to the cache before exiting, so a restart serves it.
+    drop(cache_tx);
+    if let Some(writer) = writer {
+        let _ = writer.await;
     }
+}
+
+/// Reports the applied version to every control node each [`REPORT_INTERVAL`]: each node then
+/// knows every edge, so INSYNC still waits for an edge whose stream was on a node that died.
+async fn report_everywhere(
+    options: SyncOptions,
+    stats: Arc<SyncStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let clients: Vec<EdgeSyncClient<tonic::transport::Channel>> = options
+        .control
+        .iter()
+        .filter_map(|addr| {
+            tonic::transport::Endpoint::from_shared(endpoint_url(addr))
+                .ok()
+                .map(|e| {
+                    EdgeSyncClient::new(
+                        e.connect_timeout(Duration::from_millis(500))
+                            .timeout(REPORT_INTERVAL)
+                            .connect_lazy(),
+                    )
+                })
+        })
+        .collect();
+    let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let report = v1::EdgeReport {
+            edge_id: options.edge_id.clone(),
+            pop: options.pop.clone(),
+            applied_version: stats.applied_version.load(Ordering::Relaxed),
+            addresses: options.addresses.clone(),
+            identity: options.identity.clone(),
+        };
+        // One task per node: a dead node times out without delaying the others.
+        for client in &clients {
+            let mut client = client.clone();
+            let report = report.clone();
+            tokio::spawn(async move {
+                let _ = client.report(report).await;
+            });
+        }
+    }
+}
+
+async fn follow_endpoints(
+    served: &Served,
+    options: &SyncOptions,
+    cache_tx: &watch::Sender<Option<(u64, Arc<Catalog>)>>,
+    shutdown: &mut watch::Receiver<bool>,
+) {
     let mut endpoint_idx = 0usize;
     loop {
         if *shutdown.borrow() {
@@ -285,7 +352,7 @@ pub async fn run(served: Served, options: SyncOptions, mut shutdown: watch::Rece
         }
         let addr = options.control[endpoint_idx % options.control.len()].clone();
         tokio::select! {
-            r = follow(&addr, &served, &options, &cache_tx) => {
+            r = follow(&addr, served, options, cache_tx) => {
                 if let Err(e) = r {
                     tracing::warn!(control = %addr, error = %e, "catalog stream ended; trying the next control node");
                 }
@@ -302,7 +369,9 @@ pub async fn run(served: Served, options: SyncOptions, mut shutdown: watch::Rece
 
 async fn cache_writer(dir: PathBuf, mut rx: watch::Receiver<Option<(u64, Arc<Catalog>)>>) {
     let mut written = 0u64;
-    while rx.changed().await.is_ok() {
+    loop {
+        // Err: the sender is gone (shutdown): write what we have one last time, then stop.
+        let closing = rx.changed().await.is_err();
         let latest = rx.borrow_and_update().clone();
         if let Some((version, catalog)) = latest
             && version != written
@@ -315,6 +384,9 @@ async fn cache_writer(dir: PathBuf, mut rx: watch::Receiver<Option<(u64, Arc<Cat
                 Ok(Err(e)) => tracing::warn!(error = %e, "writing the catalog cache failed"),
                 Err(e) => tracing::warn!(error = %e, "cache task failed"),
             }
+        }
+        if closing {
+            return;
         }
         tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
     }
@@ -371,16 +443,11 @@ async fn follow(
         identity: options.identity.clone(),
     };
     let _ = reporter.report(report(applied)).await;
-    let mut ticker = tokio::time::interval(REPORT_INTERVAL);
     loop {
-        let update = tokio::select! {
-            m = stream.message() => m.map_err(|s| s.message().to_string())?,
-            _ = ticker.tick() => {
-                let v = served.stats.applied_version.load(Ordering::Relaxed);
-                let _ = reporter.report(report(v)).await;
-                continue;
-            }
-        };
+        let update = stream
+            .message()
+            .await
+            .map_err(|s| s.message().to_string())?;
         let Some(update) = update else {
             return Err("stream closed".into());
         };

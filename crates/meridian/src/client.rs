@@ -18,6 +18,9 @@ use tonic::transport::Channel;
 
 /// How long one endpoint may take to accept a connection before we try the next.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// When every endpoint is unavailable (an election, a restart), keep trying this long.
+const UNAVAILABLE_RETRY_WINDOW: Duration = Duration::from_secs(5);
+const UNAVAILABLE_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Polling period of `change wait`.
 const WAIT_POLL: Duration = Duration::from_millis(20);
 /// API message size (a 10,000-set batch or a large page).
@@ -149,6 +152,18 @@ pub enum EdgesCmd {
     List,
 }
 
+/// Every endpoint was unreachable or had no leader: worth retrying.
+#[derive(Debug)]
+struct Unavailable(String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "control plane unavailable: {}", self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
 pub struct Client {
     endpoints: Vec<String>,
     output: Output,
@@ -186,7 +201,24 @@ impl Client {
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
-        let mut last = anyhow!("no --api endpoint given");
+        let give_up = Instant::now() + UNAVAILABLE_RETRY_WINDOW;
+        loop {
+            match self.call_once(&mut call).await {
+                Err(e) if e.downcast_ref::<Unavailable>().is_some() && Instant::now() < give_up => {
+                    tokio::time::sleep(UNAVAILABLE_RETRY_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One pass over the endpoints.
+    async fn call_once<T, F, Fut>(&self, call: &mut F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut last = String::from("no --api endpoint given");
         for ep in &self.endpoints {
             let channel = match tonic::transport::Endpoint::from_shared(url(ep))?
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -195,19 +227,19 @@ impl Client {
             {
                 Ok(c) => c,
                 Err(e) => {
-                    last = anyhow!("{ep}: {e}");
+                    last = format!("{ep}: {e}");
                     continue;
                 }
             };
             match call(channel).await {
                 Ok(v) => return Ok(v),
                 Err(s) if s.code() == tonic::Code::Unavailable => {
-                    last = anyhow!("{ep}: {}", s.message())
+                    last = format!("{ep}: {}", s.message())
                 }
                 Err(s) => return Err(status_error(&s)),
             }
         }
-        Err(last)
+        Err(Unavailable(last).into())
     }
 
     fn zones(channel: Channel) -> ZonesClient<Channel> {
@@ -731,7 +763,18 @@ impl Client {
             ChangeCmd::Wait { id, timeout } => {
                 let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
                 loop {
-                    let c = self.get_change(&id).await?;
+                    let c = match self.get_change(&id).await {
+                        Ok(c) => c,
+                        // An election or restart: keep waiting until the deadline.
+                        Err(e)
+                            if e.downcast_ref::<Unavailable>().is_some()
+                                && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(WAIT_POLL).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if c.status == v1::ChangeStatus::Insync as i32 {
                         self.print_change(&c);
                         return Ok(());
