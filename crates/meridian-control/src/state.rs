@@ -207,6 +207,29 @@ impl State {
         }
     }
 
+    /// Records a committed change and its catalog delta (the catalog version is the change's).
+    fn commit_change(
+        &mut self,
+        base_version: u64,
+        record: ChangeRecord,
+        zone_delta: ZoneDelta,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let result = CommandResult::Applied {
+            change_id: record.id.clone(),
+            version: record.version,
+        };
+        let delta = CatalogDelta {
+            version: record.version,
+            base_version,
+            checksum: self.catalog_checksum(),
+            zones: vec![zone_delta],
+        };
+        self.remember_change(record, persist);
+        self.push_delta(delta.clone());
+        (result, Some(delta))
+    }
+
     fn push_delta(&mut self, delta: CatalogDelta) {
         self.deltas.push_back(delta);
         while self.deltas.len() > DELTA_HISTORY_MAX {
@@ -302,36 +325,21 @@ impl State {
                 }
                 self.zones.insert(origin.clone(), zone);
                 self.catalog_version = index;
-                self.remember_change(
-                    ChangeRecord {
-                        id: change_id.clone(),
-                        version: index,
-                        comment: format!("create zone {origin}"),
-                        submitted_ms: *submitted_ms,
-                        zone: origin.clone(),
-                    },
-                    persist,
-                );
-                let delta = CatalogDelta {
+                let record = ChangeRecord {
+                    id: change_id.clone(),
                     version: index,
-                    base_version,
-                    checksum: self.catalog_checksum(),
-                    zones: vec![ZoneDelta {
-                        origin,
-                        create: true,
-                        delete: false,
-                        put,
-                        remove: Vec::new(),
-                    }],
+                    comment: format!("create zone {origin}"),
+                    submitted_ms: *submitted_ms,
+                    zone: origin.clone(),
                 };
-                self.push_delta(delta.clone());
-                (
-                    CommandResult::Applied {
-                        change_id: change_id.clone(),
-                        version: index,
-                    },
-                    Some(delta),
-                )
+                let zone_delta = ZoneDelta {
+                    origin,
+                    create: true,
+                    delete: false,
+                    put,
+                    remove: Vec::new(),
+                };
+                self.commit_change(base_version, record, zone_delta, persist)
             }
             Command::DeleteZone {
                 name,
@@ -365,36 +373,21 @@ impl State {
                 }
                 persist.push(Persist::ZoneDeleted(origin.clone()));
                 self.catalog_version = index;
-                self.remember_change(
-                    ChangeRecord {
-                        id: change_id.clone(),
-                        version: index,
-                        comment: format!("delete zone {origin}"),
-                        submitted_ms: *submitted_ms,
-                        zone: origin.clone(),
-                    },
-                    persist,
-                );
-                let delta = CatalogDelta {
+                let record = ChangeRecord {
+                    id: change_id.clone(),
                     version: index,
-                    base_version,
-                    checksum: self.catalog_checksum(),
-                    zones: vec![ZoneDelta {
-                        origin,
-                        create: false,
-                        delete: true,
-                        put: Vec::new(),
-                        remove: Vec::new(),
-                    }],
+                    comment: format!("delete zone {origin}"),
+                    submitted_ms: *submitted_ms,
+                    zone: origin.clone(),
                 };
-                self.push_delta(delta.clone());
-                (
-                    CommandResult::Applied {
-                        change_id: change_id.clone(),
-                        version: index,
-                    },
-                    Some(delta),
-                )
+                let zone_delta = ZoneDelta {
+                    origin,
+                    create: false,
+                    delete: true,
+                    put: Vec::new(),
+                    remove: Vec::new(),
+                };
+                self.commit_change(base_version, record, zone_delta, persist)
             }
             Command::ChangeBatch {
                 zone,
@@ -476,36 +469,21 @@ impl State {
                 if let Some(token) = idempotency_token {
                     self.tokens.insert(token.clone(), change_id.clone());
                 }
-                self.remember_change(
-                    ChangeRecord {
-                        id: change_id.clone(),
-                        version: index,
-                        comment: batch.comment.clone(),
-                        submitted_ms: *submitted_ms,
-                        zone: origin.clone(),
-                    },
-                    persist,
-                );
-                let delta = CatalogDelta {
+                let record = ChangeRecord {
+                    id: change_id.clone(),
                     version: index,
-                    base_version,
-                    checksum: self.catalog_checksum(),
-                    zones: vec![ZoneDelta {
-                        origin,
-                        create: false,
-                        delete: false,
-                        put,
-                        remove,
-                    }],
+                    comment: batch.comment.clone(),
+                    submitted_ms: *submitted_ms,
+                    zone: origin.clone(),
                 };
-                self.push_delta(delta.clone());
-                (
-                    CommandResult::Applied {
-                        change_id: change_id.clone(),
-                        version: index,
-                    },
-                    Some(delta),
-                )
+                let zone_delta = ZoneDelta {
+                    origin,
+                    create: false,
+                    delete: false,
+                    put,
+                    remove,
+                };
+                self.commit_change(base_version, record, zone_delta, persist)
             }
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use meridian_core::change::{Action, parse_change_batch};
+use meridian_core::change::parse_change_batch;
 use meridian_core::rdata::{RType, rdata_to_text};
 use meridian_core::{Name, zonefile};
 use meridian_proto::v1;
@@ -642,32 +642,9 @@ impl Client {
                 let batch = parse_change_batch(&text, &origin)
                     .map_err(|e| anyhow!("{}: {e}", file.display()))?;
                 let req = v1::ChangeRecordSetsRequest {
-                    zone: origin.to_string(),
-                    comment: batch.comment.clone(),
-                    changes: batch
-                        .changes
-                        .iter()
-                        .map(|c| v1::Change {
-                            action: match c.action {
-                                Action::Create => v1::Action::Create,
-                                Action::Delete => v1::Action::Delete,
-                                Action::Upsert => v1::Action::Upsert,
-                            } as i32,
-                            record_set: Some(v1::RecordSet {
-                                name: c.record_set.name.to_string(),
-                                r#type: c.record_set.rtype.to_string(),
-                                ttl: c.record_set.ttl,
-                                values: c
-                                    .record_set
-                                    .rdatas
-                                    .iter()
-                                    .map(|rd| rdata_to_text(c.record_set.rtype, rd))
-                                    .collect(),
-                            }),
-                        })
-                        .collect(),
                     idempotency_token: token.unwrap_or_default(),
                     expected_zone_version: expect_version,
+                    ..meridian_control::convert::batch_to_proto(&origin, &batch)
                 };
                 let change = self
                     .call(|c| {
