@@ -40,9 +40,11 @@ pub const BATCH_CHANGES_MAX: usize = 10_000;
 /// log: a few MiB keeps one append quick and the log's growth bounded. (Route 53 takes 32,000
 /// characters of values per request.)
 pub const BATCH_BYTES_MAX: usize = 4 << 20;
-/// Record sets in one zone: the scale Meridian promises (Route 53's default quota is 10,000).
+/// Record sets in one zone. We promise at least 1M (Route 53's default quota is 10,000); a
+/// 1M-name zone holds more sets than names (A and AAAA at one name are two sets, plus the apex
+/// SOA and NS), so the cap sits at 4M: ~1 GB of control-plane memory at ~250 bytes a set.
 /// A zone at the limit still takes batches that do not grow it.
-pub const ZONE_RECORD_SETS_MAX: usize = 1_000_000;
+pub const ZONE_RECORD_SETS_MAX: usize = 4_000_000;
 /// Records in a set that a batch creates or upserts: Route 53's quota of values per record.
 /// Larger pools are a job for routing policies (multivalue, weighted), and a large set rarely
 /// fits a UDP answer. Stricter than [`zone::RRSET_RECORDS_MAX`], which bounds what a zone file may
