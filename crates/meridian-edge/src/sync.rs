@@ -24,6 +24,9 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 pub const RECONNECT_DELAY: Duration = Duration::from_millis(200);
 /// The cache is rewritten at most this often (writing a large catalog is O(size)).
 pub const CACHE_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// The pause after a cache write is at least this many times the write's duration: the cache
+/// then costs at most 1/20 of a core, whatever the catalog's size.
+pub const CACHE_WRITE_COST_RATIO: u32 = 20;
 /// Largest catalog message accepted from the control plane.
 pub const CATALOG_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Cache file format: magic and format version.
@@ -369,16 +372,24 @@ async fn follow_endpoints(
 
 async fn cache_writer(dir: PathBuf, mut rx: watch::Receiver<Option<(u64, Arc<Catalog>)>>) {
     let mut written = 0u64;
+    let mut closing = false;
+    let mut have_new = false;
     loop {
         // Err: the sender is gone (shutdown): write what we have one last time, then stop.
-        let closing = rx.changed().await.is_err();
+        if !closing && !have_new {
+            closing = rx.changed().await.is_err();
+        }
+        have_new = false;
         let latest = rx.borrow_and_update().clone();
+        let mut took = Duration::ZERO;
         if let Some((version, catalog)) = latest
             && version != written
         {
             let dir = dir.clone();
+            let started = Instant::now();
             let result =
                 tokio::task::spawn_blocking(move || write_cache(&dir, version, &catalog)).await;
+            took = started.elapsed();
             match result {
                 Ok(Ok(())) => written = version,
                 Ok(Err(e)) => tracing::warn!(error = %e, "writing the catalog cache failed"),
@@ -388,7 +399,22 @@ async fn cache_writer(dir: PathBuf, mut rx: watch::Receiver<Option<(u64, Arc<Cat
         if closing {
             return;
         }
-        tokio::time::sleep(CACHE_WRITE_INTERVAL).await;
+        // Writing is O(catalog): pause long enough that it costs at most 1/CACHE_WRITE_COST_RATIO
+        // of a core (a 1M-record catalog takes ~1 s to write), but wake at once on shutdown.
+        let deadline =
+            tokio::time::Instant::now() + CACHE_WRITE_INTERVAL.max(took * CACHE_WRITE_COST_RATIO);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                r = rx.changed() => match r {
+                    Ok(()) => have_new = true,
+                    Err(_) => {
+                        closing = true;
+                        break;
+                    }
+                },
+            }
+        }
     }
 }
 
