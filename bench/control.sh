@@ -6,7 +6,8 @@
 #   (c) 1,000-record batches, 1 and 8 in flight
 #   (d) loading a 1,000,000-record-set zone with `meridian-bench fill` (100 batches of 10,000:
 #       not an atomic import)
-#   (e) (a) at 64 in flight again with the big zone in the state (crosses a Raft snapshot)
+#   (e) (a) at 64 in flight and (b) at 1,000/s again with the big zone in the state (each
+#       crosses a Raft snapshot, which serializes the whole state)
 #
 #   bench/control.sh                  full run (~4 min): bench/results/control.{md,json}
 #   BENCH_QUICK=1 bench/control.sh    smoke run (~1 min, short steps, 100,000-set zone):
@@ -44,7 +45,7 @@ else
     WARM_BATCHES=1000; C1_BATCHES=500; C64_BATCHES=5000; C256_BATCHES=10000
     RATES="250 500 1000"; RATE_SECS=10; RATE_CONC=256
     BIG_C1_BATCHES=30; BIG_C8_BATCHES=200
-    FILL_SETS=1000000; FILL_TIMEOUT=300; AFTER_BATCHES=10000
+    FILL_SETS=1000000; FILL_TIMEOUT=300; AFTER_BATCHES=12000
 fi
 OUT_NAME=control
 [[ "$QUICK" == 1 ]] && OUT_NAME+=-quick
@@ -172,7 +173,7 @@ log_count() { cat "$WORK"/node*.log | grep -cE "$1" || true; }
 # step NAME TIMEOUT RETRYABLE MERIDIAN-BENCH-ARGS...: one measured meridian-bench run against the
 # leader, after the machine is quiet; repeated (if RETRYABLE) when other work used the CPUs.
 step() {
-    local name=$1 tmo=$2 retry=$3 try rc nz err leader_now w0 w1 t0 t1 b0 b1
+    local name=$1 tmo=$2 retry=$3 try rc nz err leader_now w0 w1 t0 t1 b0 b1 lid l0
     shift 3
     for try in $(seq "$RUN_TRIES"); do
         wait_quiet "$name"
@@ -180,6 +181,8 @@ step() {
         python3 "$HELPER" leader "$MERIDIAN" "$API1" 30 >"$R/$name.leader" || die "no leader before $name"
         leader_now=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["addr"])' "$R/$name.leader")
         w0=$(log_lines); t0=$(log_count 'timeout after|Timeout expired'); b0=$(log_count 'backoff mode')
+        lid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["leader"])' "$R/$name.leader")
+        l0=$(wc -l <"$WORK/node$lid.log")
         leader_metrics "$R/$name.leader" >"$R/$name.lm0"
         python3 "$HELPER" cpusnap $$ "${NODE_PIDS[@]}" >"$R/$name.before"
         rc=0
@@ -211,7 +214,8 @@ step() {
         "tries=$try" "leader=$(cat "$R/$name.leader")" "error=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$err")" \
         "log_warn_lines=$((w1 - w0))" "rpc_timeouts=$((t1 - t0))" "replication_backoffs=$((b1 - b0))" \
         "cpu_before=$(cat "$R/$name.before")" "cpu_after=$(cat "$R/$name.after")" \
-        "leader_metrics_before=$(cat "$R/$name.lm0")" "leader_metrics_after=$(cat "$R/$name.lm1")" --json-file "$R/$name.out"
+        "leader_metrics_before=$(cat "$R/$name.lm0")" "leader_metrics_after=$(cat "$R/$name.lm1")" \
+        "leader_snapshots=$(python3 "$HELPER" snapshots "$WORK/node$lid.log" "$l0")" --json-file "$R/$name.out"
 }
 
 cat /proc/loadavg >"$R/loadavg_before"
@@ -256,7 +260,10 @@ say "fill: $(cat "$R/fill.out" 2>/dev/null) zone: $(tr -d '\n ' <"$R/fill.zone" 
 nodes_alive || die "a control node died"
 # (e) 1-record batches again, now that the state holds the big zone: AFTER_BATCHES >= 10,000 log
 # entries always cross one Raft snapshot (SNAPSHOT_EVERY_LOGS), which serializes the whole state.
+# In quick mode (2,000) they may not.
 step commit_1rec_c64_after_fill "$STEP_TIMEOUT" 1 commit --zone a.test. --batches "$AFTER_BATCHES" --batch-size 1 --concurrency 64
+step commit_rate1000_after_fill "$STEP_TIMEOUT" 1 commit --zone b.test. --batches "$AFTER_BATCHES" --batch-size 1 \
+    --concurrency "$RATE_CONC" --rate 1000
 cat /proc/loadavg >"$R/loadavg_after"
 
 # --- results ---------------------------------------------------------------------------------

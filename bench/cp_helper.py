@@ -22,6 +22,7 @@ Subcommands (each prints JSON or plain values for the scripts to capture):
                                        meridian_edge_apply_seconds_last once it has applied that version
   fsync DIR                            p50/p99 of a 4 KiB write + fdatasync in DIR (the disk under RocksDB)
   rss PID...                           RSS (KiB) of each PID
+  snapshots LOG FROM_LINE              Raft snapshots built after line FROM_LINE of a node log (ms, bytes)
   record FILE KEY=JSON... [--json-file F] [--text-file F]
                                        append one step record (JSON line) to FILE
   assemble KIND RESDIR OUT.json        collect meta.env and steps.jsonl into the results JSON
@@ -304,6 +305,38 @@ def fsync_probe(d, n=300):
     return {"count": n, "p50_ms": lat[n // 2] * 1e3, "p99_ms": lat[int(n * 0.99) - 1] * 1e3, "max_ms": lat[-1] * 1e3}
 
 
+def snapshots(log, from_line):
+    """Raft snapshots the node built after line FROM_LINE of its log: [{"ms": build time,
+    "bytes": serialized size}] (from openraft's "push snapshot building command" and
+    "command done: BuildSnapshot: {snapshot_id: INDEX-BYTES" lines)."""
+    from datetime import datetime
+    out, start = [], None
+    def ts(line):
+        try:
+            return datetime.strptime(line[:26], "%Y-%m-%dT%H:%M:%S.%f")
+        except ValueError:
+            return None
+    with open(log, errors="replace") as f:
+        for i, line in enumerate(f):
+            if i < from_line:
+                continue
+            if "push snapshot building command" in line:
+                start = ts(line)
+            elif "command done: BuildSnapshot" in line and start is not None:
+                end = ts(line)
+                size = None
+                k = line.find("snapshot_id: ")
+                if k >= 0:
+                    try:
+                        size = int(line[k + 13:].split(",")[0].split("-")[1])
+                    except (IndexError, ValueError):
+                        pass
+                if end:
+                    out.append({"ms": round((end - start).total_seconds() * 1e3, 1), "bytes": size})
+                start = None
+    return out
+
+
 def port_free(p):
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         s = socket.socket(socket.AF_INET, kind)
@@ -477,6 +510,15 @@ def cpu_per_batch_cell(s):
     return ", ".join(parts)
 
 
+def snap_cell(s):
+    snaps = s.get("leader_snapshots")
+    if snaps is None:
+        return "n/a"
+    if not snaps:
+        return "0"
+    return f"{len(snaps)}: " + ", ".join(f"{x['ms']:.0f} ms" + (f" ({x['bytes'] / 1e6:.0f} MB)" if x.get("bytes") else "") for x in snaps)
+
+
 def server_cell(s):
     c = s.get("server_commit")
     if not c:
@@ -513,23 +555,27 @@ def report_control(R, out):
     p99 = res(r1000, "p99_ms")
     ach = res(r1000, "batches_per_s")
     L.append(f"| p99 commit latency at 1,000 batches/s offered (ms) | {f_ms(p99)} (achieved {f_rate(ach)} batches/s) | ≤ 20 ms | {met(None if p99 is None else (p99 <= 20 and ach is not None and ach >= 950))} |")
+    r1000b = step(R, "commit_rate1000_after_fill")
+    if r1000b:
+        p99b, achb = res(r1000b, "p99_ms"), res(r1000b, "batches_per_s")
+        L.append(f"| … the same with the {m.get('fill_sets_fmt')}-set zone in the state (steady state of a large deployment; crosses a Raft snapshot) | {f_ms(p99b)} (achieved {f_rate(achb)} batches/s) | ≤ 20 ms | {met(None if p99b is None else (p99b <= 20 and achb is not None and achb >= 950))} |")
     fs_s = res(fill, "seconds")
     L.append(f"| Load a {m.get('fill_sets_fmt')}-record-set zone ({m.get('fill_batches')} batches of {m.get('fill_batch_size_fmt')}, not atomic) (s) | {'n/a' if fs_s is None else f'{fs_s:.1f}'} | ≤ 30 s (for 1,000,000) | {met(None if fs_s is None or m.get('quick') == '1' else fs_s <= 30)} |")
     L.append("")
     L.append("## Every step\n")
-    L.append("| step | batches × size | in flight | rate offered | batches/s | records/s | p50 ms | p99 ms | max ms | leader-side commit mean / p50≤ / p99≤ ms | CPU µs per batch (per process) | Raft RPC timeouts / backoffs (logs) | other work (cores) |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    L.append("| step | batches × size | in flight | rate offered | batches/s | records/s | p50 ms | p99 ms | max ms | leader-side commit mean / p50≤ / p99≤ ms | CPU µs per batch (per process) | Raft RPC timeouts / backoffs (logs) | leader snapshots built (ms each, MB) | other work (cores) |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |")
     for s in R["steps"]:
         if s.get("step") == "fill":
             continue
         r = s.get("result") or {}
         if not r:
-            L.append(f"| {s.get('step')} | | | | **failed** | | | | | | {s.get('error', '')} | {s.get('rpc_timeouts')} / {s.get('replication_backoffs')} | |")
+            L.append(f"| {s.get('step')} | | | | **failed** | | | | | | {s.get('error', '')} | {s.get('rpc_timeouts')} / {s.get('replication_backoffs')} | {snap_cell(s)} | |")
             continue
         rate = r.get("rate_target") or 0
         L.append(f"| {s['step']} | {r.get('batches'):,} × {r.get('batch_size'):,} | {r.get('concurrency')} | {f_rate(rate) if rate else 'max'} | "
                  f"{f_rate(r.get('batches_per_s'))} | {f_rate(r.get('batches_per_s', 0) * r.get('batch_size', 0))} | {f_ms(r.get('p50_ms'))} | {f_ms(r.get('p99_ms'))} | {f_ms(r.get('max_ms'))} | {server_cell(s)} | "
-                 f"{cpu_per_batch_cell(s)} | {s.get('rpc_timeouts')} / {s.get('replication_backoffs')} | {s.get('noise_cores', 'n/a')} |")
+                 f"{cpu_per_batch_cell(s)} | {s.get('rpc_timeouts')} / {s.get('replication_backoffs')} | {snap_cell(s)} | {s.get('noise_cores', 'n/a')} |")
     L.append("")
     if fill:
         r = fill.get("result") or {}
@@ -541,14 +587,30 @@ def report_control(R, out):
             L.append(f"- {r.get('sets'):,} sets in {r.get('seconds'):.1f} s = {r.get('sets') / r.get('seconds'):,.0f} sets/s, {r.get('seconds') / max(1, int(m.get('fill_batches', 1))) * 1000:.0f} ms per batch on average.")
         else:
             L.append(f"- **failed**: {fill.get('error', '')}")
+        za = fill.get("zone_after")
+        if isinstance(za, list) and za:
+            L.append(f"- The zone afterwards (`meridian zone get`): {za[0].get('record_set_count'):,} record sets (the fill's TXT sets + apex SOA and NS), version {za[0].get('version')}.")
+        if fill.get("leader_snapshots"):
+            L.append(f"- Raft snapshots the leader built during the load: {snap_cell(fill)}.")
         if fill.get("cpu_s"):
             L.append(f"- CPU seconds during the load: {', '.join(f'{k} {v:.1f}' for k, v in fill['cpu_s'].items())}.")
         if fill.get("rss_kib"):
             L.append(f"- RSS after the load: {', '.join(f'{k} {v / 1024:.0f} MiB' for k, v in fill['rss_kib'].items() if v)}.")
         L.append("")
-    if R.get("notes"):
+    notes = list(R.get("notes", []))
+    for s in R["steps"]:
+        r = s.get("result") or {}
+        snaps = s.get("leader_snapshots") or []
+        if snaps and r.get("max_ms") is not None:
+            longest = max(x["ms"] for x in snaps)
+            notes.append(f"`{s['step']}`: the leader built a Raft snapshot taking {longest:.0f} ms during the step; the step's max latency "
+                         f"was {r['max_ms']:.0f} ms. The snapshot serializes the whole state while holding its lock, and applies wait for it.")
+        if s.get("rpc_timeouts") or s.get("replication_backoffs"):
+            notes.append(f"`{s['step']}`: the node logs show {s.get('rpc_timeouts')} Raft RPC timeouts (AppendEntries times out after the "
+                         f"100 ms heartbeat interval) and {s.get('replication_backoffs')} replication backoffs (500 ms) during the step.")
+    if notes:
         L.append("## Notes\n")
-        for n in R["notes"]:
+        for n in notes:
             L.append(f"- {n}")
         L.append("")
     if R.get("warnings"):
@@ -677,6 +739,7 @@ def main():
     p.add_argument("--label", default="probe")
     p = sub.add_parser("fsync"); p.add_argument("dir")
     p = sub.add_parser("rss"); p.add_argument("pids", type=int, nargs="+")
+    p = sub.add_parser("snapshots"); p.add_argument("log"); p.add_argument("from_line", type=int)
     p = sub.add_parser("record"); p.add_argument("file"); p.add_argument("pairs", nargs="*")
     p.add_argument("--json-file"); p.add_argument("--text-file")
     p = sub.add_parser("assemble"); p.add_argument("kind"); p.add_argument("resdir"); p.add_argument("out")
@@ -707,6 +770,8 @@ def main():
         print(json.dumps(apply_probe(a.meridian, a.api, a.zone, a.metrics, a.count, pids, a.label)))
     elif a.cmd == "fsync":
         print(json.dumps(fsync_probe(a.dir)))
+    elif a.cmd == "snapshots":
+        print(json.dumps(snapshots(a.log, a.from_line)))
     elif a.cmd == "rss":
         print(json.dumps({str(p): rss_kib(p) for p in a.pids}))
     elif a.cmd == "record":

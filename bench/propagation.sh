@@ -12,7 +12,8 @@
 #                                         few changes): bench/results/propagation-quick.{md,json}
 #
 # Environment: MERIDIAN_BIN, MERIDIAN_BENCH_BIN (defaults in target/release), BENCH_CONTROLS
-# (1 or 3 control nodes, default 1; with 3, edge i follows node ((i-1) mod 3) + 1 first),
+# (1 or 3 control nodes, default 1; with 3, edge i follows node ((i-1) mod 3) + 1 first, and
+# the results go to bench/results/propagation-3controls.{md,json}),
 # BENCH_EDGES (default "1 5 20"), BENCH_CHANGES (changes per small-zone configuration, default
 # 200), BENCH_BIG_CHANGES (per big-zone configuration, default 200, 100 with 20 edges),
 # BENCH_BIG_SETS (default 1000000), BENCH_APPLY_SAMPLES (default 20), BENCH_PROBE_NICE (nice
@@ -48,6 +49,7 @@ else
 fi
 OUT_NAME=propagation
 [[ "$EDGE_CACHE" == 0 ]] && OUT_NAME+=-nocache
+[[ "$CONTROLS" == 3 ]] && OUT_NAME+=-3controls
 [[ "$QUICK" == 1 ]] && OUT_NAME+=-quick
 SYNC_TIMEOUT=600   # seconds for N edges to load the full catalog
 STEP_TIMEOUT=300   # seconds for one propagation run
