@@ -14,11 +14,14 @@ use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
-use crate::convert::{batch_from_proto, parse_name, parse_type, record_set_to_proto};
+use crate::convert::{
+    batch_from_proto, parse_name, parse_type, record_set_from_proto, record_set_to_proto,
+};
 use crate::edges::{self, EdgeEntry};
 use crate::node::{ControlNode, now_ms};
 use crate::state::CatalogDelta;
 use crate::types::{Command, CommandResult, Forwarded};
+use meridian_core::change::{Action, Change, ChangeBatch};
 
 /// Record sets per `ListRecordSets` page when the client does not say; and the most it may ask.
 pub const LIST_PAGE_DEFAULT: u32 = 1000;
@@ -55,10 +58,12 @@ fn result_to_change(result: CommandResult, comment: &str) -> Result<v1::ChangeIn
         CommandResult::Rejected { code, message } => {
             let msg = format!("{code}: {message}");
             Err(match code.as_str() {
-                "NoSuchHostedZone" | "NoSuchChange" => Status::not_found(msg),
-                "ZoneAlreadyExists" | "ZoneVersionMismatch" | "HostedZoneNotEmpty" => {
-                    Status::failed_precondition(msg)
-                }
+                "NoSuchHostedZone" | "NoSuchChange" | "NoSuchImport" => Status::not_found(msg),
+                "ZoneAlreadyExists"
+                | "ZoneVersionMismatch"
+                | "HostedZoneNotEmpty"
+                | "ImportIncomplete"
+                | "LimitExceeded" => Status::failed_precondition(msg),
                 _ => Status::invalid_argument(msg),
             })
         }
@@ -410,6 +415,160 @@ impl zones_server::Zones for Api {
         );
         result
     }
+
+    async fn begin_import(
+        &self,
+        request: Request<v1::BeginImportRequest>,
+    ) -> Result<Response<v1::ImportInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let zone = parse_name(&req.zone, None)?;
+            let import_id = format!("I{}", self.node.next_change_id());
+            let command = Command::ImportBegin {
+                zone: zone.clone(),
+                import_id: import_id.clone(),
+                comment: req.comment,
+                expected_zone_version: req.expected_zone_version,
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            result_to_change(result, "")?;
+            Ok(Response::new(self.import_info(&import_id, &zone)))
+        }
+        .await;
+        self.node.metrics.call("BeginImport", code_of(&result));
+        result
+    }
+
+    async fn import_record_sets(
+        &self,
+        request: Request<v1::ImportRecordSetsRequest>,
+    ) -> Result<Response<v1::ImportInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let lookup = || {
+                let state = self.node.sm.state.read().expect("state lock");
+                state
+                    .imports
+                    .get(&req.import_id)
+                    .map(|i| i.meta.zone.clone())
+            };
+            let zone = match lookup() {
+                Some(zone) => Some(zone),
+                // A follower may not have applied the begin its leader acknowledged yet.
+                None => {
+                    self.read_guard(false).await?;
+                    lookup()
+                }
+            }
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "NoSuchImport: no import {} in progress",
+                    req.import_id
+                ))
+            })?;
+            let mut changes = Vec::with_capacity(req.record_sets.len());
+            for (idx, set) in req.record_sets.iter().enumerate() {
+                let record_set = record_set_from_proto(set, &zone).map_err(|s| {
+                    Status::invalid_argument(format!("record_sets[{idx}]: {}", s.message()))
+                })?;
+                changes.push(Change {
+                    action: Action::Upsert,
+                    record_set,
+                });
+            }
+            let command = Command::ImportChunk {
+                import_id: req.import_id.clone(),
+                seq: req.seq,
+                batch: ChangeBatch {
+                    comment: String::new(),
+                    changes,
+                },
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            let staged = result_to_change(result, "")?.version;
+            Ok(Response::new(v1::ImportInfo {
+                import_id: req.import_id,
+                zone: zone.to_string(),
+                staged_record_sets: staged,
+            }))
+        }
+        .await;
+        self.node.metrics.call("ImportRecordSets", code_of(&result));
+        result
+    }
+
+    async fn commit_import(
+        &self,
+        request: Request<v1::CommitImportRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let comment = {
+                let state = self.node.sm.state.read().expect("state lock");
+                state
+                    .imports
+                    .get(&req.import_id)
+                    .map(|i| i.meta.comment.clone())
+                    .unwrap_or_default()
+            };
+            let command = Command::ImportCommit {
+                import_id: req.import_id,
+                chunks: req.chunks,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, &comment)?))
+        }
+        .await;
+        self.node.metrics.call("CommitImport", code_of(&result));
+        result
+    }
+
+    async fn abort_import(
+        &self,
+        request: Request<v1::ImportIdRequest>,
+    ) -> Result<Response<v1::ImportInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let command = Command::ImportAbort {
+                import_id: req.import_id.clone(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            result_to_change(result, "")?;
+            Ok(Response::new(v1::ImportInfo {
+                import_id: req.import_id,
+                zone: String::new(),
+                staged_record_sets: 0,
+            }))
+        }
+        .await;
+        self.node.metrics.call("AbortImport", code_of(&result));
+        result
+    }
+}
+
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    result
+        .as_ref()
+        .map_or_else(|s| s.code(), |_| tonic::Code::Ok)
+}
+
+impl Api {
+    fn import_info(&self, import_id: &str, zone: &Name) -> v1::ImportInfo {
+        let state = self.node.sm.state.read().expect("state lock");
+        v1::ImportInfo {
+            import_id: import_id.to_string(),
+            zone: zone.to_string(),
+            staged_record_sets: state
+                .imports
+                .get(import_id)
+                .map_or(0, |i| i.data.sets.len() as u64),
+        }
+    }
 }
 
 fn zone_info(zone: &crate::state::ZoneData) -> v1::Zone {
@@ -596,7 +755,7 @@ impl cluster_server::Cluster for Api {
 }
 
 fn raft_reply<T: serde::Serialize>(value: &T) -> Result<Response<v1::RaftPayload>, Status> {
-    let data = serde_json::to_vec(value).map_err(|e| Status::internal(e.to_string()))?;
+    let data = crate::codec::encode(value).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(v1::RaftPayload {
         data,
         blob: Vec::new(),
@@ -604,7 +763,7 @@ fn raft_reply<T: serde::Serialize>(value: &T) -> Result<Response<v1::RaftPayload
 }
 
 fn raft_decode<T: serde::de::DeserializeOwned>(payload: &v1::RaftPayload) -> Result<T, Status> {
-    serde_json::from_slice(&payload.data)
+    crate::codec::decode(&payload.data)
         .map_err(|e| Status::invalid_argument(format!("bad Raft payload: {e}")))
 }
 

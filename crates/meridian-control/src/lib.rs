@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+pub mod codec;
 pub mod convert;
 pub mod edges;
 pub mod log_store;

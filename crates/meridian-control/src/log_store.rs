@@ -76,7 +76,7 @@ impl LogStore {
             Some(item) => {
                 let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
                 let entry: Entry<TypeConfig> =
-                    serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?;
+                    crate::codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(entry.log_id))
             }
         }
@@ -102,7 +102,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             if !range.contains(&index_of(&key)) {
                 break;
             }
-            out.push(serde_json::from_slice(&value).map_err(|e| StorageIOError::read_logs(&e))?);
+            out.push(crate::codec::decode(&value).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(out)
     }
@@ -155,7 +155,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
+            let bytes = crate::codec::encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(self.logs(), index_key(entry.log_id.index), bytes);
         }
         let mut opts = WriteOptions::default();

@@ -1,5 +1,6 @@
 //! Raft traffic between control nodes over the same gRPC port as the API. openraft's messages
-//! travel as JSON inside `RaftPayload`; snapshot chunk bytes travel raw beside it.
+//! travel in the cluster's binary encoding (`codec`) inside `RaftPayload`; snapshot chunk bytes
+//! travel raw beside it.
 
 use std::time::Duration;
 
@@ -24,6 +25,11 @@ use crate::types::{NodeId, TypeConfig};
 const PEER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// gRPC message size: snapshot chunks and large batches (a 10,000-set batch is a few MB).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Entries one AppendEntries carries, by estimated size: openraft gives each call one heartbeat
+/// interval, and a follower catching up on hundreds of multi-megabyte import chunks must get
+/// them a few at a time (the rest follow at once, as a partial success) instead of timing out
+/// forever on one huge message.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 2 << 20;
 
 pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
     let uri = if addr.starts_with("http://") || addr.starts_with("https://") {
@@ -89,7 +95,8 @@ impl PeerClient {
                 self.node.addr
             ))))
         })?;
-        let data = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data =
+            crate::codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(RaftPayload { data, blob });
         request.set_timeout(timeout);
         let reply = match kind {
@@ -108,7 +115,7 @@ impl PeerClient {
             }
         })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
-            serde_json::from_slice(&reply.into_inner().data)
+            crate::codec::decode(&reply.into_inner().data)
                 .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| {
             RPCError::RemoteError(RemoteError::new_with_node(
@@ -132,8 +139,33 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Kind::Append, &rpc, Vec::new(), option.hard_ttl())
-            .await
+        let mut rpc = rpc;
+        let mut bytes = 0;
+        let keep = rpc
+            .entries
+            .iter()
+            .position(|e| {
+                bytes += match &e.payload {
+                    openraft::EntryPayload::Normal(c) => c.approx_bytes(),
+                    _ => 256,
+                };
+                bytes > APPEND_ENTRIES_BYTES_MAX
+            })
+            .map_or(rpc.entries.len(), |over| over.max(1));
+        if keep == rpc.entries.len() {
+            return self
+                .call(Kind::Append, &rpc, Vec::new(), option.hard_ttl())
+                .await;
+        }
+        rpc.entries.truncate(keep);
+        let last = rpc.entries.last().map(|e| e.log_id);
+        let reply: AppendEntriesResponse<NodeId> = self
+            .call(Kind::Append, &rpc, Vec::new(), option.hard_ttl())
+            .await?;
+        Ok(match reply {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(

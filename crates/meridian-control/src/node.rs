@@ -8,22 +8,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meridian_proto::v1::RaftPayload;
+use meridian_proto::v1::raft_client::RaftClient;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options};
+use tonic::transport::Channel;
 
 use crate::Error;
 use crate::edges::EdgeRegistry;
 use crate::log_store::{CF_LOG_META, CF_LOGS, LogStore};
 use crate::network::{Network, raft_client};
-use crate::sm_store::{
-    CF_SM_CHANGES, CF_SM_META, CF_SM_SETS, CF_SM_TOKENS, CF_SM_ZONES, StateMachine,
-};
+use crate::sm_store::{SM_FAMILIES, StateMachine};
 use crate::types::{Command, CommandResult, Forwarded, NodeId, Raft};
 
 /// Log entries between snapshots; compaction keeps this many behind the snapshot for followers
 /// that are slightly behind (they catch up from the log, not a snapshot).
-pub const SNAPSHOT_EVERY_LOGS: u64 = 10_000;
+pub const SNAPSHOT_EVERY_LOGS: u64 = 50_000;
 pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 1_000;
 /// Heartbeat and election timeouts for LAN/loopback clusters: failover in about a second.
 pub const HEARTBEAT_MS: u64 = 100;
@@ -44,6 +44,9 @@ pub struct ControlNode {
     /// Highest committed log index this node knows.
     pub committed_index: Arc<AtomicU64>,
     change_counter: AtomicU64,
+    /// The leader's address and a client for it, reused by forwarded writes and reads (a new
+    /// HTTP/2 connection per forwarded write would cost a TCP handshake each).
+    leader_client: std::sync::Mutex<Option<(String, RaftClient<Channel>)>>,
 }
 
 impl std::fmt::Debug for ControlNode {
@@ -63,17 +66,10 @@ fn open_db(path: &Path) -> Result<DB, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let families = [
-        CF_LOGS,
-        CF_LOG_META,
-        CF_SM_META,
-        CF_SM_ZONES,
-        CF_SM_SETS,
-        CF_SM_CHANGES,
-        CF_SM_TOKENS,
-    ]
-    .into_iter()
-    .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let families = [CF_LOGS, CF_LOG_META]
+        .into_iter()
+        .chain(SM_FAMILIES)
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     DB::open_cf_descriptors(&opts, path, families).map_err(|e| Error::Storage(e.to_string()))
 }
 
@@ -110,6 +106,7 @@ impl ControlNode {
             committed_index,
             metrics: crate::metrics::ApiMetrics::default(),
             change_counter: AtomicU64::new(0),
+            leader_client: std::sync::Mutex::new(None),
         }))
     }
 
@@ -137,7 +134,7 @@ impl ControlNode {
                 Ok(resp) => return Ok(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(fwd))) => {
                     if let Some(node) = &fwd.leader_node {
-                        match forward(node, &command).await {
+                        match self.forward(node, &command).await {
                             Ok(result) => return Ok(result),
                             // The leader we know may have just died: wait for the cluster to
                             // elect another and retry. A retry is safe: the state machine
@@ -199,17 +196,16 @@ impl ControlNode {
                 let Some(leader) = leader else {
                     return Err(Error::NoLeader);
                 };
-                let mut client =
-                    raft_client(&leader.addr).map_err(|e| Error::Forward(e.to_string()))?;
+                let mut client = self.client_for(&leader)?;
                 let reply = client
                     .forward_write(RaftPayload {
-                        data: serde_json::to_vec(&Forwarded::ReadIndex)
+                        data: crate::codec::encode(&Forwarded::ReadIndex)
                             .map_err(|e| Error::Forward(e.to_string()))?,
                         blob: Vec::new(),
                     })
                     .await
                     .map_err(|s| Error::Forward(s.message().to_string()))?;
-                let index: u64 = serde_json::from_slice(&reply.into_inner().data)
+                let index: u64 = crate::codec::decode(&reply.into_inner().data)
                     .map_err(|e| Error::Forward(e.to_string()))?;
                 let mut metrics = self.raft.metrics();
                 let deadline = tokio::time::Instant::now() + WRITE_TIMEOUT;
@@ -253,20 +249,33 @@ impl ControlNode {
             .map(|(id, node)| (*id, node.addr.clone()))
             .collect()
     }
-}
 
-async fn forward(leader: &BasicNode, command: &Command) -> Result<CommandResult, Error> {
-    let mut client = raft_client(&leader.addr).map_err(|e| Error::Forward(e.to_string()))?;
-    let data = serde_json::to_vec(&Forwarded::Write(command.clone()))
-        .map_err(|e| Error::Forward(e.to_string()))?;
-    let mut request = tonic::Request::new(RaftPayload {
-        data,
-        blob: Vec::new(),
-    });
-    request.set_timeout(WRITE_TIMEOUT);
-    let reply = client
-        .forward_write(request)
-        .await
-        .map_err(|s| Error::Forward(s.message().to_string()))?;
-    serde_json::from_slice(&reply.into_inner().data).map_err(|e| Error::Forward(e.to_string()))
+    /// A client for `leader`, cached while the leader stays the same.
+    fn client_for(&self, leader: &BasicNode) -> Result<RaftClient<Channel>, Error> {
+        let mut cached = self.leader_client.lock().expect("leader client lock");
+        if let Some((addr, client)) = cached.as_ref()
+            && *addr == leader.addr
+        {
+            return Ok(client.clone());
+        }
+        let client = raft_client(&leader.addr).map_err(|e| Error::Forward(e.to_string()))?;
+        *cached = Some((leader.addr.clone(), client.clone()));
+        Ok(client)
+    }
+
+    async fn forward(&self, leader: &BasicNode, command: &Command) -> Result<CommandResult, Error> {
+        let mut client = self.client_for(leader)?;
+        let data = crate::codec::encode(&Forwarded::Write(command.clone()))
+            .map_err(|e| Error::Forward(e.to_string()))?;
+        let mut request = tonic::Request::new(RaftPayload {
+            data,
+            blob: Vec::new(),
+        });
+        request.set_timeout(WRITE_TIMEOUT);
+        let reply = client
+            .forward_write(request)
+            .await
+            .map_err(|s| Error::Forward(s.message().to_string()))?;
+        crate::codec::decode(&reply.into_inner().data).map_err(|e| Error::Forward(e.to_string()))
+    }
 }

@@ -20,6 +20,17 @@ pub const DELTA_HISTORY_MAX: usize = 4096;
 pub const CHANGES_KEPT_MAX: usize = 100_000;
 /// Hosted zones per cluster.
 pub const ZONES_MAX: usize = 100_000;
+/// Staged imports at once: each holds a whole zone's new content in memory on every node (a
+/// 1M-set zone is about 600 MB), so a few at a time.
+pub const IMPORTS_MAX: usize = 4;
+/// An import that receives nothing for this long (by the proposers' clocks in later entries)
+/// is dropped when another import begins: a crashed or abandoned client frees its slot.
+pub const IMPORT_IDLE_MAX_MS: u64 = 10 * 60 * 1000;
+/// Chunks per import: at 5,000 sets each, far beyond the largest zone (`ZONE_RECORD_SETS_MAX`).
+pub const IMPORT_CHUNKS_MAX: u64 = 100_000;
+/// A committed import larger than this is not kept as a delta (it would hold a copy of the
+/// zone in the history): edges receive a full catalog instead.
+pub const DELTA_INLINE_SETS_MAX: usize = 10_000;
 
 /// One record set's data.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +46,34 @@ pub struct ZoneMeta {
     /// Catalog version of the zone's last change (compare-and-set target).
     pub version: u64,
     pub created_version: u64,
+    /// Which stored copy of the sets is live: set keys carry it, so an import stages a new
+    /// generation beside the live one and its commit switches by rewriting only this meta.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// What is persisted about a staged import (its sets are stored under its generation).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportMeta {
+    pub id: String,
+    pub zone: Name,
+    /// Generation the staged sets are stored under (the begin entry's log index).
+    pub generation: u64,
+    pub comment: String,
+    pub expected_zone_version: Option<u64>,
+    /// Sequence numbers of the chunks applied so far. Chunks may arrive in any order (a client
+    /// keeps several in flight); a retried chunk is applied once; the commit names how many
+    /// chunks there were, so a lost one is noticed.
+    pub chunks_applied: std::collections::BTreeSet<u64>,
+    /// Proposer's clock at the last entry for this import, for expiry.
+    pub last_ms: u64,
+}
+
+/// A staged import: its meta and the zone content built so far.
+#[derive(Clone, Debug)]
+pub struct Import {
+    pub meta: ImportMeta,
+    pub data: ZoneData,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -46,6 +85,8 @@ pub struct ZoneData {
     pub checksum: u64,
     /// Records over all sets.
     pub record_count: usize,
+    /// DNAME sets in the zone (validation looks for one above written names only if any).
+    pub dname_count: usize,
 }
 
 impl ZoneData {
@@ -53,10 +94,12 @@ impl ZoneData {
         self.meta.as_ref().expect("zone data always has its meta")
     }
 
-    fn put(&mut self, name: Vec<u8>, rtype: u16, data: SetData) {
+    pub(crate) fn put(&mut self, name: Vec<u8>, rtype: u16, data: SetData) {
         let key = (name, rtype);
         self.record_count += data.rdatas.len();
+        self.dname_count += usize::from(rtype == RType::DNAME.0);
         if let Some(old) = self.sets.get(&key) {
+            self.dname_count -= usize::from(rtype == RType::DNAME.0);
             self.record_count -= old.rdatas.len();
             self.checksum = self.checksum.wrapping_sub(rrset_checksum(
                 &key.0,
@@ -77,6 +120,7 @@ impl ZoneData {
     fn remove(&mut self, name: &[u8], rtype: u16) {
         if let Some(old) = self.sets.remove(&(name.to_vec(), rtype)) {
             self.record_count -= old.rdatas.len();
+            self.dname_count -= usize::from(rtype == RType::DNAME.0);
             self.checksum = self.checksum.wrapping_sub(rrset_checksum(
                 name,
                 RType(rtype),
@@ -99,7 +143,7 @@ impl change::ZoneState for ZoneView<'_> {
     }
 
     fn get(&self, name: &Name, rtype: RType) -> Option<RecordSet> {
-        let key = (name.to_lowercase().wire().to_vec(), rtype.0);
+        let key = (name.wire().to_vec(), rtype.0);
         self.data.sets.get(&key).map(|d| RecordSet {
             name: name.to_lowercase(),
             rtype,
@@ -109,8 +153,13 @@ impl change::ZoneState for ZoneView<'_> {
         })
     }
 
+    fn records_in(&self, name: &Name, rtype: RType) -> Option<usize> {
+        let key = (name.wire().to_vec(), rtype.0);
+        self.data.sets.get(&key).map(|d| d.rdatas.len())
+    }
+
     fn types_at(&self, name: &Name) -> Vec<RType> {
-        let wire = name.to_lowercase().wire().to_vec();
+        let wire = name.wire().to_vec();
         self.data
             .sets
             .range((wire.clone(), 0)..=(wire, u16::MAX))
@@ -124,6 +173,10 @@ impl change::ZoneState for ZoneView<'_> {
 
     fn record_count(&self) -> usize {
         self.data.record_count
+    }
+
+    fn may_have_dname(&self) -> bool {
+        self.data.dname_count > 0
     }
 
     fn record_sets_below(&self, name: &Name) -> usize {
@@ -158,12 +211,28 @@ pub struct ZoneDelta {
     pub remove: Vec<(Vec<u8>, u16)>,
 }
 
-/// A key-value write the storage layer persists for an applied entry.
+/// A key-value write the storage layer persists for an applied entry. Each names a key whose
+/// value the storage layer reads from the state after the whole apply call (the latest value
+/// wins), so the order of items only matters for range deletions, which come first.
 #[derive(Clone, Debug)]
 pub enum Persist {
     Zone(Name),
-    ZoneDeleted(Name),
+    /// The zone is gone: its meta and every set of this generation.
+    ZoneDeleted(Name, u64),
+    /// A set of the zone's live generation.
     Set(Name, Vec<u8>, u16),
+    /// A set of a given generation: the live zone's or a staged import's.
+    SetAt(Name, u64, Vec<u8>, u16),
+    /// Every set stored under this zone generation is garbage (replaced by an import).
+    GenerationDropped(Name, u64),
+    Import(String),
+    /// The import is gone (committed or dropped): its meta, and its sets unless committed.
+    ImportDropped {
+        id: String,
+        zone: Name,
+        generation: u64,
+        committed: bool,
+    },
     Change(String),
 }
 
@@ -178,6 +247,8 @@ pub struct State {
     pub change_order: VecDeque<String>,
     pub tokens: BTreeMap<String, String>,
     pub deltas: VecDeque<CatalogDelta>,
+    /// Staged imports by id.
+    pub imports: BTreeMap<String, Import>,
 }
 
 fn rejected(code: &str, message: impl Into<String>) -> CommandResult {
@@ -295,6 +366,7 @@ impl State {
                         caller_reference: caller_reference.clone(),
                         version: index,
                         created_version: index,
+                        generation: index,
                     }),
                     ..ZoneData::default()
                 };
@@ -368,10 +440,16 @@ impl State {
                 }
                 let base_version = self.catalog_version;
                 let zone = self.zones.remove(&origin).expect("checked above");
-                for (n, t) in zone.sets.keys() {
-                    persist.push(Persist::Set(origin.clone(), n.clone(), *t));
+                persist.push(Persist::ZoneDeleted(origin.clone(), zone.meta().generation));
+                let orphaned: Vec<String> = self
+                    .imports
+                    .values()
+                    .filter(|i| i.meta.zone == origin)
+                    .map(|i| i.meta.id.clone())
+                    .collect();
+                for id in orphaned {
+                    self.drop_import(&id, false, persist);
                 }
-                persist.push(Persist::ZoneDeleted(origin.clone()));
                 self.catalog_version = index;
                 let record = ChangeRecord {
                     id: change_id.clone(),
@@ -485,7 +563,348 @@ impl State {
                 };
                 self.commit_change(base_version, record, zone_delta, persist)
             }
+            Command::ImportBegin {
+                zone,
+                import_id,
+                comment,
+                expected_zone_version,
+                submitted_ms,
+            } => self.import_begin(
+                index,
+                zone,
+                import_id,
+                comment,
+                *expected_zone_version,
+                *submitted_ms,
+                persist,
+            ),
+            Command::ImportChunk {
+                import_id,
+                seq,
+                batch,
+                submitted_ms,
+            } => (
+                self.import_chunk(import_id, *seq, batch, *submitted_ms, persist),
+                None,
+            ),
+            Command::ImportCommit {
+                import_id,
+                chunks,
+                change_id,
+                submitted_ms,
+            } => self.import_commit(index, import_id, *chunks, change_id, *submitted_ms, persist),
+            Command::ImportAbort { import_id, .. } => {
+                if self.imports.contains_key(import_id) {
+                    self.drop_import(import_id, false, persist);
+                }
+                // Aborting an unknown (expired, committed, already aborted) import is a no-op:
+                // the client's intent, "not this import", holds either way.
+                (
+                    CommandResult::Applied {
+                        change_id: import_id.clone(),
+                        version: self.catalog_version,
+                    },
+                    None,
+                )
+            }
         }
+    }
+
+    fn drop_import(&mut self, id: &str, committed: bool, persist: &mut Vec<Persist>) {
+        if let Some(import) = self.imports.remove(id) {
+            persist.push(Persist::ImportDropped {
+                id: id.to_string(),
+                zone: import.meta.zone.clone(),
+                generation: import.meta.generation,
+                committed,
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn import_begin(
+        &mut self,
+        index: u64,
+        zone: &Name,
+        import_id: &str,
+        comment: &str,
+        expected_zone_version: Option<u64>,
+        submitted_ms: u64,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let applied = |version| CommandResult::Applied {
+            change_id: import_id.to_string(),
+            version,
+        };
+        if self.imports.contains_key(import_id) {
+            // A retried proposal of the same begin.
+            return (applied(self.catalog_version), None);
+        }
+        let origin = zone.to_lowercase();
+        let Some(live_version) = self.zones.get(&origin).map(|z| z.meta().version) else {
+            return (
+                rejected("NoSuchHostedZone", format!("no zone {origin}")),
+                None,
+            );
+        };
+        if let Some(expected) = expected_zone_version
+            && live_version != expected
+        {
+            return (
+                rejected(
+                    "ZoneVersionMismatch",
+                    format!("zone {origin} is at version {live_version}, not {expected}"),
+                ),
+                None,
+            );
+        }
+        let chars = comment.chars().count();
+        if chars > change::COMMENT_CHARS_MAX {
+            return (
+                rejected(
+                    "CommentTooLong",
+                    format!(
+                        "comment is {chars} characters; the limit is {}",
+                        change::COMMENT_CHARS_MAX
+                    ),
+                ),
+                None,
+            );
+        }
+        // One import per zone: a new one replaces an older one (its client gave up or is
+        // superseded); imports idle too long free their slots.
+        let stale: Vec<String> = self
+            .imports
+            .values()
+            .filter(|i| {
+                i.meta.zone == origin
+                    || submitted_ms.saturating_sub(i.meta.last_ms) > IMPORT_IDLE_MAX_MS
+            })
+            .map(|i| i.meta.id.clone())
+            .collect();
+        for id in stale {
+            self.drop_import(&id, false, persist);
+        }
+        if self.imports.len() >= IMPORTS_MAX {
+            return (
+                rejected(
+                    "LimitExceeded",
+                    format!("{IMPORTS_MAX} imports are in progress; retry when one ends"),
+                ),
+                None,
+            );
+        }
+        let data = self.zones.get(&origin).expect("checked above");
+        let mut staged = ZoneData {
+            meta: Some(ZoneMeta {
+                generation: index,
+                ..data.meta().clone()
+            }),
+            ..ZoneData::default()
+        };
+        for rtype in [RType::SOA.0, RType::NS.0] {
+            if let Some(d) = data.sets.get(&(origin.wire().to_vec(), rtype)) {
+                staged.put(origin.wire().to_vec(), rtype, d.clone());
+                persist.push(Persist::SetAt(
+                    origin.clone(),
+                    index,
+                    origin.wire().to_vec(),
+                    rtype,
+                ));
+            }
+        }
+        let meta = ImportMeta {
+            id: import_id.to_string(),
+            zone: origin,
+            generation: index,
+            comment: comment.to_string(),
+            expected_zone_version,
+            chunks_applied: Default::default(),
+            last_ms: submitted_ms,
+        };
+        persist.push(Persist::Import(import_id.to_string()));
+        self.imports
+            .insert(import_id.to_string(), Import { meta, data: staged });
+        (applied(self.catalog_version), None)
+    }
+
+    fn import_chunk(
+        &mut self,
+        import_id: &str,
+        seq: u64,
+        batch: &change::ChangeBatch,
+        submitted_ms: u64,
+        persist: &mut Vec<Persist>,
+    ) -> CommandResult {
+        let Some(import) = self.imports.get_mut(import_id) else {
+            return rejected(
+                "NoSuchImport",
+                format!("no import {import_id} in progress (committed, aborted or expired)"),
+            );
+        };
+        let applied = CommandResult::Applied {
+            change_id: import_id.to_string(),
+            version: import.data.sets.len() as u64,
+        };
+        if import.meta.chunks_applied.contains(&seq) {
+            return applied;
+        }
+        if seq >= IMPORT_CHUNKS_MAX {
+            return rejected(
+                "LimitExceeded",
+                format!("an import has at most {IMPORT_CHUNKS_MAX} chunks"),
+            );
+        }
+        if let Some(c) = batch
+            .changes
+            .iter()
+            .position(|c| c.action != change::Action::Upsert)
+        {
+            return rejected(
+                "InvalidChangeBatch",
+                format!("changes[{c}]: an import chunk holds UPSERTs only"),
+            );
+        }
+        let origin = import.meta.zone.clone();
+        let view = ZoneView {
+            origin: &origin,
+            data: &import.data,
+        };
+        let mutations = match change::apply_batch(&view, batch) {
+            Ok(m) => m,
+            Err(e) => return rejected(e.code(), e.to_string()),
+        };
+        let generation = import.meta.generation;
+        for m in mutations {
+            if let Mutation::Put(set) = m {
+                let name = set.name.to_lowercase().wire().to_vec();
+                persist.push(Persist::SetAt(
+                    origin.clone(),
+                    generation,
+                    name.clone(),
+                    set.rtype.0,
+                ));
+                import.data.put(
+                    name,
+                    set.rtype.0,
+                    SetData {
+                        ttl: set.ttl,
+                        rdatas: set.rdatas,
+                    },
+                );
+            }
+        }
+        import.meta.chunks_applied.insert(seq);
+        import.meta.last_ms = submitted_ms;
+        persist.push(Persist::Import(import_id.to_string()));
+        CommandResult::Applied {
+            change_id: import_id.to_string(),
+            version: import.data.sets.len() as u64,
+        }
+    }
+
+    fn import_commit(
+        &mut self,
+        index: u64,
+        import_id: &str,
+        chunks: u64,
+        change_id: &str,
+        submitted_ms: u64,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let Some(import) = self.imports.get(import_id) else {
+            return (
+                rejected(
+                    "NoSuchImport",
+                    format!("no import {import_id} in progress (aborted or expired)"),
+                ),
+                None,
+            );
+        };
+        let applied = &import.meta.chunks_applied;
+        let complete =
+            applied.len() as u64 == chunks && applied.last().is_none_or(|l| l + 1 == chunks);
+        if !complete {
+            let missing = (0..chunks).find(|c| !applied.contains(c));
+            return (
+                rejected(
+                    "ImportIncomplete",
+                    format!(
+                        "import {import_id} has {} of its {chunks} chunks (first missing: {missing:?})",
+                        applied.len()
+                    ),
+                ),
+                None,
+            );
+        }
+        let origin = import.meta.zone.clone();
+        let Some(live) = self.zones.get(&origin) else {
+            return (
+                rejected("NoSuchHostedZone", format!("no zone {origin}")),
+                None,
+            );
+        };
+        if let Some(expected) = import.meta.expected_zone_version
+            && live.meta().version != expected
+        {
+            let message = format!(
+                "zone {origin} changed during the import (now at version {}, not {expected})",
+                live.meta().version
+            );
+            self.drop_import(import_id, false, persist);
+            return (rejected("ZoneVersionMismatch", message), None);
+        }
+        let old_generation = live.meta().generation;
+        let live_meta = live.meta().clone();
+        let mut import = self.imports.remove(import_id).expect("checked above");
+        persist.push(Persist::ImportDropped {
+            id: import_id.to_string(),
+            zone: origin.clone(),
+            generation: import.meta.generation,
+            committed: true,
+        });
+        persist.push(Persist::GenerationDropped(origin.clone(), old_generation));
+        persist.push(Persist::Zone(origin.clone()));
+        import.data.meta = Some(ZoneMeta {
+            version: index,
+            generation: import.meta.generation,
+            ..live_meta
+        });
+        let base_version = self.catalog_version;
+        let set_count = import.data.sets.len();
+        let put = if set_count <= DELTA_INLINE_SETS_MAX {
+            import
+                .data
+                .sets
+                .iter()
+                .map(|((n, t), d)| (n.clone(), *t, d.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.zones.insert(origin.clone(), import.data);
+        self.catalog_version = index;
+        let record = ChangeRecord {
+            id: change_id.to_string(),
+            version: index,
+            comment: import.meta.comment.clone(),
+            submitted_ms,
+            zone: origin.clone(),
+        };
+        let zone_delta = ZoneDelta {
+            origin,
+            create: true,
+            delete: false,
+            put,
+            remove: Vec::new(),
+        };
+        let result = self.commit_change(base_version, record, zone_delta, persist);
+        if set_count > DELTA_INLINE_SETS_MAX {
+            // Edges behind this version get a full catalog: see `DELTA_INLINE_SETS_MAX`.
+            self.deltas.clear();
+            return (result.0, None);
+        }
+        result
     }
 
     /// Deltas after `have_version`, if the history still holds all of them.
@@ -498,76 +917,5 @@ impl State {
             .iter()
             .position(|d| d.base_version == have_version)?;
         Some(self.deltas.iter().skip(first).cloned().collect())
-    }
-}
-
-/// One zone in a snapshot: its meta and every (owner wire, type, data).
-pub type ZoneDoc = (ZoneMeta, Vec<(Vec<u8>, u16, SetData)>);
-
-/// The serializable form of a state, for Raft snapshots.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotDoc {
-    pub last_applied: Option<LogId>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
-    pub catalog_version: u64,
-    pub zones: Vec<ZoneDoc>,
-    pub changes: Vec<ChangeRecord>,
-    pub tokens: Vec<(String, String)>,
-}
-
-impl State {
-    pub fn to_doc(&self) -> SnapshotDoc {
-        SnapshotDoc {
-            last_applied: self.last_applied,
-            membership: self.membership.clone(),
-            catalog_version: self.catalog_version,
-            zones: self
-                .zones
-                .values()
-                .map(|z| {
-                    (
-                        z.meta().clone(),
-                        z.sets
-                            .iter()
-                            .map(|((n, t), d)| (n.clone(), *t, d.clone()))
-                            .collect(),
-                    )
-                })
-                .collect(),
-            changes: self
-                .change_order
-                .iter()
-                .filter_map(|id| self.changes.get(id).cloned())
-                .collect(),
-            tokens: self
-                .tokens
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        }
-    }
-
-    pub fn from_doc(doc: SnapshotDoc) -> State {
-        let mut state = State {
-            last_applied: doc.last_applied,
-            membership: doc.membership,
-            catalog_version: doc.catalog_version,
-            ..State::default()
-        };
-        for (meta, sets) in doc.zones {
-            let mut zone = ZoneData::default();
-            for (n, t, d) in sets {
-                zone.put(n, t, d);
-            }
-            let origin = meta.name.clone();
-            zone.meta = Some(meta);
-            state.zones.insert(origin, zone);
-        }
-        for c in doc.changes {
-            state.change_order.push_back(c.id.clone());
-            state.changes.insert(c.id.clone(), c);
-        }
-        state.tokens = doc.tokens.into_iter().collect();
-        state
     }
 }

@@ -50,14 +50,82 @@ pub enum Command {
         change_id: String,
         submitted_ms: u64,
     },
+    /// Starts a staged zone import: the zone's new content is built up by `ImportChunk`s beside
+    /// the live zone (which keeps serving and taking changes) and switched in by `ImportCommit`.
+    /// Staging starts from the zone's apex SOA and NS, so a file without them keeps them.
+    ImportBegin {
+        zone: Name,
+        /// The import's id (chosen by the proposer, unique like a change id).
+        import_id: String,
+        comment: String,
+        /// Compare-and-set: checked at begin and again at commit.
+        expected_zone_version: Option<u64>,
+        submitted_ms: u64,
+    },
+    /// Adds record sets to a staged import. `seq` numbers chunks from 0 so that a retried
+    /// proposal is applied once and a lost one is noticed (chunks may commit in any order).
+    ImportChunk {
+        import_id: String,
+        seq: u64,
+        /// UPSERTs only, validated against the staged content.
+        batch: ChangeBatch,
+        submitted_ms: u64,
+    },
+    /// Replaces the zone's content by the staged content in one entry.
+    ImportCommit {
+        import_id: String,
+        /// How many chunks the client sent: the commit is refused unless all were applied.
+        chunks: u64,
+        change_id: String,
+        submitted_ms: u64,
+    },
+    /// Drops a staged import; the zone is left as it was.
+    ImportAbort {
+        import_id: String,
+        submitted_ms: u64,
+    },
 }
 
 impl Command {
+    /// The change id a committed command is remembered by; empty for commands that make no
+    /// catalog change of their own (import staging).
     pub fn change_id(&self) -> &str {
         match self {
             Command::CreateZone { change_id, .. }
             | Command::DeleteZone { change_id, .. }
-            | Command::ChangeBatch { change_id, .. } => change_id,
+            | Command::ChangeBatch { change_id, .. }
+            | Command::ImportCommit { change_id, .. } => change_id,
+            Command::ImportBegin { .. }
+            | Command::ImportChunk { .. }
+            | Command::ImportAbort { .. } => "",
+        }
+    }
+
+    /// A cheap over-estimate of the command's size in a Raft message, to bound how many
+    /// entries one AppendEntries carries (JSON spells each RDATA byte as up to 4 characters).
+    pub fn approx_bytes(&self) -> usize {
+        let batch_bytes = |b: &ChangeBatch| {
+            b.comment.len()
+                + b.changes
+                    .iter()
+                    .map(|c| {
+                        64 + c.record_set.name.wire().len() * 4
+                            + c.record_set
+                                .rdatas
+                                .iter()
+                                .map(|r| 8 + r.len() * 4)
+                                .sum::<usize>()
+                    })
+                    .sum::<usize>()
+        };
+        256 + match self {
+            Command::ChangeBatch { batch, .. } | Command::ImportChunk { batch, .. } => {
+                batch_bytes(batch)
+            }
+            Command::CreateZone { soa, ns, .. } => {
+                soa.len() * 4 + ns.iter().map(|n| n.len() * 4).sum::<usize>()
+            }
+            _ => 0,
         }
     }
 }

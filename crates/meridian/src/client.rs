@@ -75,11 +75,18 @@ pub enum ZoneCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Import a BIND zone file as one all-or-nothing batch (apex SOA and NS upserted).
+    /// Replace the zone's content by a BIND zone file, all or nothing however large: staged in
+    /// chunks beside the live zone, switched in by one commit. The file's SOA and apex NS
+    /// replace the zone's; without them the zone keeps its own.
     Import {
         zone: String,
         #[arg(long)]
         file: std::path::PathBuf,
+        /// Refuse to commit if the zone changed since this version (compare-and-set).
+        #[arg(long)]
+        expected_version: Option<u64>,
+        #[arg(long, default_value = "")]
+        comment: String,
     },
     /// Print the zone as a BIND zone file.
     Export {
@@ -456,7 +463,12 @@ impl Client {
                     .await?;
                 self.print_change(&change);
             }
-            ZoneCmd::Import { zone, file } => {
+            ZoneCmd::Import {
+                zone,
+                file,
+                expected_version,
+                comment,
+            } => {
                 let origin = Name::parse(&absolute(&zone), None)?;
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
@@ -479,36 +491,14 @@ impl Client {
                         set.values.push(value);
                     }
                 }
-                if sets.len() > meridian_core::change::BATCH_CHANGES_MAX {
-                    bail!(
-                        "{} record sets: imports are one all-or-nothing batch of at most {} sets for now",
-                        sets.len(),
-                        meridian_core::change::BATCH_CHANGES_MAX
-                    );
-                }
-                let req = v1::ChangeRecordSetsRequest {
-                    zone: origin.to_string(),
-                    comment: format!("import of {}", file.display()),
-                    changes: sets
-                        .into_values()
-                        .map(|s| v1::Change {
-                            action: v1::Action::Upsert as i32,
-                            record_set: Some(s),
-                        })
-                        .collect(),
-                    idempotency_token: String::new(),
-                    expected_zone_version: None,
+                let comment = if comment.is_empty() {
+                    format!("import of {}", file.display())
+                } else {
+                    comment
                 };
+                let sets: Vec<v1::RecordSet> = sets.into_values().collect();
                 let change = self
-                    .call(|c| {
-                        let req = req.clone();
-                        async move {
-                            Self::zones(c)
-                                .change_record_sets(req)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    })
+                    .import(origin.to_string(), comment, expected_version, sets)
                     .await?;
                 self.print_change(&change);
             }
@@ -525,6 +515,148 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Runs a staged import; on Ctrl-C or any error it aborts it (the zone stays as it was).
+    async fn import(
+        &self,
+        zone: String,
+        comment: String,
+        expected_zone_version: Option<u64>,
+        sets: Vec<v1::RecordSet>,
+    ) -> Result<v1::ChangeInfo> {
+        let begin = v1::BeginImportRequest {
+            zone: zone.clone(),
+            comment,
+            expected_zone_version,
+        };
+        let info = self
+            .call(|c| {
+                let req = begin.clone();
+                async move {
+                    Self::zones(c)
+                        .begin_import(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        let import_id = info.import_id;
+        let staged = self.import_chunks(&import_id, &sets);
+        let outcome = tokio::select! {
+            r = staged => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+        };
+        let result = match outcome {
+            Ok(chunks) => {
+                let req = v1::CommitImportRequest {
+                    import_id: import_id.clone(),
+                    chunks,
+                };
+                self.call(|c| {
+                    let req = req.clone();
+                    async move {
+                        Self::zones(c)
+                            .commit_import(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let req = v1::ImportIdRequest { import_id };
+            let aborted = self
+                .call(|c| {
+                    let req = req.clone();
+                    async move {
+                        Self::zones(c)
+                            .abort_import(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await;
+            if aborted.is_ok() {
+                bail!("import aborted, zone {zone} unchanged: {e:#}");
+            }
+        }
+        result
+    }
+
+    /// Sends every chunk, a few in flight (the server parses one while Raft commits another);
+    /// returns how many chunks there were.
+    async fn import_chunks(&self, import_id: &str, sets: &[v1::RecordSet]) -> Result<u64> {
+        use futures::StreamExt;
+        use std::io::{IsTerminal, Write};
+        /// Sets per chunk: a chunk is one Raft entry, and entries of about a megabyte keep
+        /// replication and other zones' writes flowing between chunks.
+        const IMPORT_CHUNK_SETS: usize = 5_000;
+        /// Presentation-format bytes per chunk, for zones of long records.
+        const IMPORT_CHUNK_BYTES: usize = 1 << 20;
+        /// Chunks in flight: enough to overlap parsing with commits, few enough that other
+        /// zones' writes still find the log free most of the time.
+        const IMPORT_CHUNKS_IN_FLIGHT: usize = 3;
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        while start < sets.len() {
+            let mut bytes = 0;
+            let mut end = start;
+            while end < sets.len() && end - start < IMPORT_CHUNK_SETS {
+                bytes +=
+                    sets[end].name.len() + sets[end].values.iter().map(String::len).sum::<usize>();
+                if bytes > IMPORT_CHUNK_BYTES && end > start {
+                    break;
+                }
+                end += 1;
+            }
+            ranges.push(start..end);
+            start = end;
+        }
+        let progress = std::io::stderr().is_terminal();
+        let started = Instant::now();
+        let mut staged = 0;
+        let mut results = futures::stream::iter(ranges.iter().cloned().enumerate())
+            .map(|(seq, range)| {
+                let req = v1::ImportRecordSetsRequest {
+                    import_id: import_id.to_string(),
+                    seq: seq as u64,
+                    record_sets: sets[range.clone()].to_vec(),
+                };
+                async move {
+                    self.call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Self::zones(c)
+                                .import_record_sets(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await
+                    .with_context(|| format!("record sets {}..{}", range.start, range.end))
+                    .map(|_| range.len())
+                }
+            })
+            .buffer_unordered(IMPORT_CHUNKS_IN_FLIGHT);
+        while let Some(sent) = results.next().await {
+            staged += sent?;
+            if progress {
+                eprint!(
+                    "\rstaged {staged}/{} record sets ({}%), {:.1} s",
+                    sets.len(),
+                    staged * 100 / sets.len().max(1),
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        if progress {
+            eprintln!();
+        }
+        Ok(ranges.len() as u64)
     }
 
     async fn list_all(

@@ -3,6 +3,26 @@
 
 mod client;
 
+/// mimalloc: the control plane's apply path allocates millions of small objects per import, and
+/// glibc malloc spent about 40% of a follower's CPU there (consolidating fragmented bins).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+unsafe extern "C" {
+    /// mimalloc's option setter (in the linked C library; `mi_option_t` is a C enum).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t` (v2 and v3 alike).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Return freed memory to the OS at once: mimalloc purges lazily, on later allocator activity,
+/// and an idle edge that has just loaded a 1M-name zone would keep the loader's ~200 MB of
+/// temporaries resident until its next catalog change.
+fn allocator_setup() {
+    // SAFETY: sets a documented option to a documented value; called before any other thread.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,6 +158,7 @@ struct DevArgs {
 }
 
 fn main() {
+    allocator_setup();
     // One line, no backtrace: scripts and people read the reason, not our stack.
     if let Err(e) = run() {
         eprintln!("error: {e:#}");
