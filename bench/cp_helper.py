@@ -23,6 +23,10 @@ Subcommands (each prints JSON or plain values for the scripts to capture):
   fsync DIR                            p50/p99 of a 4 KiB write + fdatasync in DIR (the disk under RocksDB)
   rss PID...                           RSS (KiB) of each PID
   snapshots LOG FROM_LINE              Raft snapshots built after line FROM_LINE of a node log (ms, bytes)
+  zone-sets FILE                       record sets (distinct owner and type) in a zone file written by
+                                       edge_helper.py (one record a line, owner always given)
+  cli-result OUT START_NS END_NS RC    one JSON line for a timed CLI command: seconds, exit status,
+                                       committed (exit 0) and the CLI's JSON output
   record FILE KEY=JSON... [--json-file F] [--text-file F]
                                        append one step record (JSON line) to FILE
   assemble KIND RESDIR OUT.json        collect meta.env and steps.jsonl into the results JSON
@@ -337,6 +341,32 @@ def snapshots(log, from_line):
     return out
 
 
+def zone_sets(path):
+    """Distinct (owner, type) pairs in a BIND zone file as bench/edge_helper.py writes it: one
+    record a line, the owner always first, then optional TTL and class, then the type."""
+    sets = set()
+    with open(path) as f:
+        for line in f:
+            if not line.strip() or line.startswith(("$", ";")):
+                continue
+            tok = line.split()
+            i = 1
+            while i < len(tok) and (tok[i].isdigit() or tok[i].upper() in ("IN", "CH", "HS")):
+                i += 1
+            sets.add((tok[0].lower(), tok[i].upper()))
+    return len(sets)
+
+
+def cli_result(out, start_ns, end_ns, rc):
+    """A CLI step's result: wall seconds from just before the CLI started to its exit, and its
+    --output json answer (pretty-printed over several lines) if it printed one."""
+    try:
+        change = json.loads(open(out).read())
+    except (OSError, json.JSONDecodeError):
+        change = None
+    return {"seconds": round((end_ns - start_ns) / 1e9, 3), "exit_status": rc, "committed": rc == 0, "change": change}
+
+
 def port_free(p):
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
         s = socket.socket(socket.AF_INET, kind)
@@ -533,17 +563,16 @@ def report_control(R, out):
     fs = R.get("fsync", {})
     L.append(f"- Cluster: 3 `meridian control` nodes on 127.0.0.1 (ports {m.get('ports')}), data in {m.get('data_dir_fs')}; "
              f"every Raft log append is a synced RocksDB WriteBatch (fsync always on). "
-             f"meridian-bench talks to the leader (node {lead.get('leader')}, {lead.get('addr')}) so no write is forwarded.")
+             f"meridian-bench and the `meridian zone import` CLI talk to the leader (node {lead.get('leader')}, {lead.get('addr')}) so no write is forwarded.")
     if fs:
         L.append(f"- Disk: 4 KiB write + fdatasync in the data directory: p50 {fs['p50_ms']:.3f} ms, p99 {fs['p99_ms']:.3f} ms (so fsync itself is not the bottleneck unless this is large).")
-    L.append(f"- All three nodes, meridian-bench and the script share the machine's {m.get('nproc')} cores (no pinning).")
+    L.append(f"- All three nodes, meridian-bench (or the CLI) and the script share the machine's {m.get('nproc')} cores (no pinning).")
     L.append("")
     rows = []
     a64, a256, a1 = step(R, "commit_1rec_c64"), step(R, "commit_1rec_c256"), step(R, "commit_1rec_c1")
     best = max((x for x in (a64, a256) if res(x, "batches_per_s")), key=lambda x: res(x, "batches_per_s"), default=None)
     r1000 = step(R, "commit_rate1000")
-    big = step(R, "commit_1000rec_c8")
-    fill = step(R, "fill")
+    imp = step(R, "import")
     L.append("| Figure | measured | target | met? |")
     L.append("| --- | ---: | --- | --- |")
 
@@ -555,18 +584,26 @@ def report_control(R, out):
     p99 = res(r1000, "p99_ms")
     ach = res(r1000, "batches_per_s")
     L.append(f"| p99 commit latency at 1,000 batches/s offered (ms) | {f_ms(p99)} (achieved {f_rate(ach)} batches/s) | ≤ 20 ms | {met(None if p99 is None else (p99 <= 20 and ach is not None and ach >= 950))} |")
-    r1000b = step(R, "commit_rate1000_after_fill")
+    zf = (imp or {}).get("zone_file") or {}
+    names_txt = f"{int(m['import_names']):,}" if m.get("import_names", "").isdigit() else m.get("import_names", "n/a")
+    nsets = zf.get("record_sets")
+    nsets_txt = "n/a" if nsets is None else f"{nsets:,}"
+    r1000b = step(R, "commit_rate1000_after_import")
     if r1000b:
         p99b, achb = res(r1000b, "p99_ms"), res(r1000b, "batches_per_s")
-        L.append(f"| … the same with the {m.get('fill_sets_fmt')}-set zone in the state (steady state of a large deployment; crosses a Raft snapshot) | {f_ms(p99b)} (achieved {f_rate(achb)} batches/s) | ≤ 20 ms | {met(None if p99b is None else (p99b <= 20 and achb is not None and achb >= 950))} |")
-    fs_s = res(fill, "seconds")
-    L.append(f"| Load a {m.get('fill_sets_fmt')}-record-set zone ({m.get('fill_batches')} batches of {m.get('fill_batch_size_fmt')}, not atomic) (s) | {'n/a' if fs_s is None else f'{fs_s:.1f}'} | ≤ 30 s (for 1,000,000) | {met(None if fs_s is None or m.get('quick') == '1' else fs_s <= 30)} |")
+        crosses = "crosses a Raft snapshot" if r1000b.get("leader_snapshots") else "no Raft snapshot in the step"
+        L.append(f"| … the same with the {names_txt}-name zone ({nsets_txt} record sets) in the state (steady state of a large deployment; {crosses}) | {f_ms(p99b)} (achieved {f_rate(achb)} batches/s) | ≤ 20 ms | {met(None if p99b is None else (p99b <= 20 and achb is not None and achb >= 950))} |")
+    imp_s = res(imp, "seconds") if res(imp, "committed") else None
+    full = m.get("quick") != "1" and m.get("import_names") == "1000000"
+    L.append(f"| Import the {names_txt}-name zone file ({nsets_txt} record sets, all or nothing) (s) | "
+             f"{'n/a' if imp_s is None else f'{imp_s:.1f}'}{'' if imp is None or res(imp, 'committed') else ' (**not committed**)'} | ≤ 30 s | "
+             f"{met(False if imp is not None and not res(imp, 'committed') else (None if imp_s is None or not full else imp_s <= 30))} |")
     L.append("")
     L.append("## Every step\n")
     L.append("| step | batches × size | in flight | rate offered | batches/s | records/s | p50 ms | p99 ms | max ms | leader-side commit mean / p50≤ / p99≤ ms | CPU µs per batch (per process) | Raft RPC timeouts / backoffs (logs) | leader snapshots built (ms each, MB) | other work (cores) |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |")
     for s in R["steps"]:
-        if s.get("step") == "fill":
+        if s.get("tool") == "meridian" or s.get("step") == "import":
             continue
         r = s.get("result") or {}
         if not r:
@@ -577,25 +614,49 @@ def report_control(R, out):
                  f"{f_rate(r.get('batches_per_s'))} | {f_rate(r.get('batches_per_s', 0) * r.get('batch_size', 0))} | {f_ms(r.get('p50_ms'))} | {f_ms(r.get('p99_ms'))} | {f_ms(r.get('max_ms'))} | {server_cell(s)} | "
                  f"{cpu_per_batch_cell(s)} | {s.get('rpc_timeouts')} / {s.get('replication_backoffs')} | {snap_cell(s)} | {s.get('noise_cores', 'n/a')} |")
     L.append("")
-    if fill:
-        r = fill.get("result") or {}
-        L.append("## Zone load\n")
-        L.append(f"`meridian-bench fill --sets {m.get('fill_sets')} --batch-size {m.get('fill_batch_size')}`: {m.get('fill_batches')} sequential ChangeRecordSets calls of "
-                 f"{m.get('fill_batch_size_fmt')} TXT upserts each, one after the other (one in flight). **Not an atomic import**: each batch commits on its own, "
-                 f"and the zone is served partly loaded meanwhile (`zone import` takes at most 10,000 sets in one batch for now).\n")
+    if imp:
+        r = imp.get("result") or {}
+        za = imp.get("zone_after")
+        za = za[0] if isinstance(za, list) and za and isinstance(za[0], dict) else None
+        L.append("## Zone import\n")
+        L.append(f"`meridian zone import {m.get('import_zone')} --file FILE` into the zone just created with `zone create` (SOA and NS only). FILE: "
+                 f"`bench/edge_helper.py zone {m.get('import_zone')} {m.get('import_names')} FILE`, {zf.get('names', 0):,} names, {zf.get('records', 0):,} records, "
+                 f"{zf.get('bytes', 0) / 1e6:.{0 if zf.get('bytes', 0) >= 1e7 else 1}f} MB, {nsets_txt} record sets (its own apex SOA and NS included). The CLI reads and parses the file, groups it into "
+                 f"record sets, begins a staged import, sends the sets in chunks of ≤ 5,000 (≤ 1 MiB; 3 in flight, at least "
+                 f"{-(-(nsets or 0) // 5000):,} chunks), each one Raft entry written beside the live zone, then commits with one entry that switches the zone: "
+                 f"all or nothing (the zone serves its old content until the commit; on an error the import is aborted). "
+                 f"Time: from just before the CLI started to its exit (parsing included).\n")
         if r:
-            L.append(f"- {r.get('sets'):,} sets in {r.get('seconds'):.1f} s = {r.get('sets') / r.get('seconds'):,.0f} sets/s, {r.get('seconds') / max(1, int(m.get('fill_batches', 1))) * 1000:.0f} ms per batch on average.")
+            ch = r.get("change") or {}
+            if r.get("committed"):
+                L.append(f"- Committed (exit status 0): change {ch.get('id', 'n/a')}, {ch.get('status', 'n/a')}, catalog version {ch.get('version', 'n/a')}.")
+                rate = f" = {nsets / r['seconds']:,.0f} record sets/s" if nsets and r.get("seconds") else ""
+                L.append(f"- {r.get('seconds'):.1f} s{rate}.")
+            else:
+                L.append(f"- **Not committed** (exit status {r.get('exit_status')}, after {r.get('seconds'):.1f} s): {imp.get('error', '')}")
         else:
-            L.append(f"- **failed**: {fill.get('error', '')}")
-        za = fill.get("zone_after")
-        if isinstance(za, list) and za:
-            L.append(f"- The zone afterwards (`meridian zone get`): {za[0].get('record_set_count'):,} record sets (the fill's TXT sets + apex SOA and NS), version {za[0].get('version')}.")
-        if fill.get("leader_snapshots"):
-            L.append(f"- Raft snapshots the leader built during the load: {snap_cell(fill)}.")
-        if fill.get("cpu_s"):
-            L.append(f"- CPU seconds during the load: {', '.join(f'{k} {v:.1f}' for k, v in fill['cpu_s'].items())}.")
-        if fill.get("rss_kib"):
-            L.append(f"- RSS after the load: {', '.join(f'{k} {v / 1024:.0f} MiB' for k, v in fill['rss_kib'].items() if v)}.")
+            L.append(f"- **failed**: {imp.get('error', '')}")
+        if za:
+            cnt = za.get("record_set_count")
+            same = "" if nsets is None or cnt is None else (", as many as the file has" if cnt == nsets else f", **the file has {nsets:,}**")
+            L.append(f"- The zone afterwards (`meridian zone get --output json`): {cnt:,} record sets{same}, version {za.get('version')}.")
+        elif imp.get("zone_after"):
+            L.append(f"- `meridian zone get` afterwards: {str(imp.get('zone_after'))[:200]}")
+        sc = imp.get("server_commit")
+        if sc:
+            L.append(f"- Leader-side commit latency of the {sc['count']:,.0f} writes during the import (begin, chunks, commit): mean {f_ms(sc['mean_ms'])} ms, "
+                     f"p50 ≤ {f_ms(sc['p50_le_ms'])} ms, p99 ≤ {f_ms(sc['p99_le_ms'])} ms.")
+        if imp.get("leader_snapshots"):
+            L.append(f"- Raft snapshots the leader built during the import: {snap_cell(imp)}.")
+        if imp.get("rpc_timeouts") or imp.get("replication_backoffs"):
+            L.append(f"- Node logs during the import: {imp.get('rpc_timeouts')} Raft RPC timeouts, {imp.get('replication_backoffs')} replication backoffs.")
+        if imp.get("cpu_s"):
+            cpu = ", ".join(f"{'CLI (meridian zone import)' if k == 'client' else k} {v:.1f}" for k, v in imp["cpu_s"].items())
+            L.append(f"- CPU seconds during the import: {cpu}.")
+        if imp.get("rss_kib"):
+            L.append(f"- RSS after the import: {', '.join(f'{k} {v / 1024:.0f} MiB' for k, v in imp['rss_kib'].items() if v)}.")
+        if imp.get("tries", 1) > 1:
+            L.append(f"- Tries: {imp.get('tries')} (other work used the CPUs during the earlier ones; each try starts from a new, empty zone).")
         L.append("")
     notes = list(R.get("notes", []))
     for s in R["steps"]:
@@ -603,8 +664,9 @@ def report_control(R, out):
         snaps = s.get("leader_snapshots") or []
         if snaps and r.get("max_ms") is not None:
             longest = max(x["ms"] for x in snaps)
-            notes.append(f"`{s['step']}`: the leader built a Raft snapshot taking {longest:.0f} ms during the step; the step's max latency "
-                         f"was {r['max_ms']:.0f} ms. The snapshot serializes the whole state while holding its lock, and applies wait for it.")
+            built = "; ".join(f"{x['ms']:.0f} ms" + (f", {x['bytes'] / 1e6:.0f} MB" if x.get("bytes") else "") for x in snaps)
+            notes.append(f"`{s['step']}`: the leader built {len(snaps)} Raft snapshot{'s' if len(snaps) > 1 else ''} during the step ({built}); "
+                         f"the step's max latency was {r['max_ms']:.0f} ms.")
         if s.get("rpc_timeouts") or s.get("replication_backoffs"):
             notes.append(f"`{s['step']}`: the node logs show {s.get('rpc_timeouts')} Raft RPC timeouts (AppendEntries times out after the "
                          f"100 ms heartbeat interval) and {s.get('replication_backoffs')} replication backoffs (500 ms) during the step.")
@@ -740,6 +802,9 @@ def main():
     p = sub.add_parser("fsync"); p.add_argument("dir")
     p = sub.add_parser("rss"); p.add_argument("pids", type=int, nargs="+")
     p = sub.add_parser("snapshots"); p.add_argument("log"); p.add_argument("from_line", type=int)
+    p = sub.add_parser("zone-sets"); p.add_argument("file")
+    p = sub.add_parser("cli-result"); p.add_argument("out"); p.add_argument("start_ns", type=int)
+    p.add_argument("end_ns", type=int); p.add_argument("rc", type=int)
     p = sub.add_parser("record"); p.add_argument("file"); p.add_argument("pairs", nargs="*")
     p.add_argument("--json-file"); p.add_argument("--text-file")
     p = sub.add_parser("assemble"); p.add_argument("kind"); p.add_argument("resdir"); p.add_argument("out")
@@ -772,6 +837,10 @@ def main():
         print(json.dumps(fsync_probe(a.dir)))
     elif a.cmd == "snapshots":
         print(json.dumps(snapshots(a.log, a.from_line)))
+    elif a.cmd == "zone-sets":
+        print(zone_sets(a.file))
+    elif a.cmd == "cli-result":
+        print(json.dumps(cli_result(a.out, a.start_ns, a.end_ns, a.rc)))
     elif a.cmd == "rss":
         print(json.dumps({str(p): rss_kib(p) for p in a.pids}))
     elif a.cmd == "record":
