@@ -919,3 +919,411 @@ impl State {
         Some(self.deltas.iter().skip(first).cloned().collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::change::{Action, Change, ChangeBatch, RecordSet};
+
+    fn name(text: &str) -> Name {
+        Name::parse(text, None).unwrap()
+    }
+
+    fn origin() -> Name {
+        name("example.com.")
+    }
+
+    fn soa(serial: u8) -> Vec<u8> {
+        let mut rdata = name("ns1.example.com.").wire().to_vec();
+        rdata.extend_from_slice(name("h.example.com.").wire());
+        rdata.extend_from_slice(&[0, 0, 0, serial]);
+        rdata.extend_from_slice(&[0; 16]);
+        rdata
+    }
+
+    fn set(owner: &str, rtype: RType, rdata: Vec<u8>) -> Change {
+        Change {
+            action: Action::Upsert,
+            record_set: RecordSet {
+                name: name(owner),
+                rtype,
+                ttl: 60,
+                rdatas: vec![rdata],
+                set_identifier: None,
+            },
+        }
+    }
+
+    fn a(owner: &str, octet: u8) -> Change {
+        set(owner, RType::A, vec![192, 0, 2, octet])
+    }
+
+    fn batch(changes: Vec<Change>) -> ChangeBatch {
+        ChangeBatch {
+            comment: String::new(),
+            changes,
+        }
+    }
+
+    /// A state with example.com. holding `old` A, at log index 2; returns it and the next index.
+    fn state_with_zone() -> (State, u64) {
+        let mut state = State::default();
+        let mut persist = Vec::new();
+        let create = Command::CreateZone {
+            name: origin(),
+            caller_reference: String::new(),
+            soa: soa(1),
+            ns: vec![name("ns1.example.com.").wire().to_vec()],
+            change_id: "create".into(),
+            submitted_ms: 0,
+        };
+        assert!(matches!(
+            state.apply(1, &create, &mut persist).0,
+            CommandResult::Applied { .. }
+        ));
+        let old = Command::ChangeBatch {
+            zone: origin(),
+            batch: batch(vec![a("old.example.com.", 1)]),
+            idempotency_token: None,
+            expected_zone_version: None,
+            change_id: "old".into(),
+            submitted_ms: 0,
+        };
+        assert!(matches!(
+            state.apply(2, &old, &mut persist).0,
+            CommandResult::Applied { .. }
+        ));
+        (state, 3)
+    }
+
+    fn begin(
+        state: &mut State,
+        index: u64,
+        id: &str,
+        expected: Option<u64>,
+        ms: u64,
+    ) -> CommandResult {
+        let command = Command::ImportBegin {
+            zone: origin(),
+            import_id: id.into(),
+            comment: "import".into(),
+            expected_zone_version: expected,
+            submitted_ms: ms,
+        };
+        state.apply(index, &command, &mut Vec::new()).0
+    }
+
+    fn chunk(
+        state: &mut State,
+        index: u64,
+        id: &str,
+        seq: u64,
+        changes: Vec<Change>,
+    ) -> CommandResult {
+        let command = Command::ImportChunk {
+            import_id: id.into(),
+            seq,
+            batch: batch(changes),
+            submitted_ms: 0,
+        };
+        state.apply(index, &command, &mut Vec::new()).0
+    }
+
+    fn commit(state: &mut State, index: u64, id: &str, chunks: u64) -> CommandResult {
+        let command = Command::ImportCommit {
+            import_id: id.into(),
+            chunks,
+            change_id: format!("commit-{index}"),
+            submitted_ms: 0,
+        };
+        state.apply(index, &command, &mut Vec::new()).0
+    }
+
+    fn code(result: &CommandResult) -> &str {
+        match result {
+            CommandResult::Rejected { code, .. } => code,
+            CommandResult::Applied { .. } => "Applied",
+        }
+    }
+
+    fn owners(state: &State) -> Vec<(String, u16)> {
+        state.zones[&origin()]
+            .sets
+            .keys()
+            .map(|(n, t)| (meridian_core::name::wire_to_text(n), *t))
+            .collect()
+    }
+
+    #[test]
+    fn a_committed_import_replaces_the_zone_and_keeps_unsent_apex_sets() {
+        let (mut state, i) = state_with_zone();
+        let checksum_before = state.catalog_checksum();
+        assert_eq!(code(&begin(&mut state, i, "I1", None, 0)), "Applied");
+        // Chunks may commit out of order, and a retried chunk applies once.
+        assert_eq!(
+            code(&chunk(
+                &mut state,
+                i + 1,
+                "I1",
+                1,
+                vec![a("b.example.com.", 2)]
+            )),
+            "Applied"
+        );
+        assert_eq!(
+            code(&chunk(
+                &mut state,
+                i + 2,
+                "I1",
+                0,
+                vec![a("a.example.com.", 3)]
+            )),
+            "Applied"
+        );
+        assert_eq!(
+            code(&chunk(
+                &mut state,
+                i + 3,
+                "I1",
+                0,
+                vec![a("zzz.example.com.", 9)]
+            )),
+            "Applied"
+        );
+        // Staging leaves the live zone alone.
+        assert_eq!(state.catalog_checksum(), checksum_before);
+        assert!(owners(&state).contains(&("old.example.com.".into(), 1)));
+        assert_eq!(code(&commit(&mut state, i + 4, "I1", 2)), "Applied");
+        let sets = owners(&state);
+        assert!(!sets.contains(&("old.example.com.".into(), 1)), "{sets:?}");
+        assert!(
+            !sets.contains(&("zzz.example.com.".into(), 1)),
+            "a retried seq applied twice"
+        );
+        assert!(sets.contains(&("a.example.com.".into(), 1)));
+        assert!(sets.contains(&("b.example.com.".into(), 1)));
+        assert!(sets.contains(&("example.com.".into(), RType::SOA.0)));
+        assert!(sets.contains(&("example.com.".into(), RType::NS.0)));
+        assert_eq!(state.catalog_version, i + 4);
+        assert_eq!(state.zones[&origin()].meta().version, i + 4);
+        assert_eq!(state.zones[&origin()].meta().generation, i);
+        assert!(state.imports.is_empty());
+        // The delta edges get rebuilds the zone from its full content.
+        let delta = state.deltas.back().unwrap();
+        assert!(delta.zones[0].create);
+        assert_eq!(delta.zones[0].put.len(), 4);
+        assert_eq!(delta.checksum, state.catalog_checksum());
+    }
+
+    #[test]
+    fn the_file_soa_replaces_the_zone_soa() {
+        let (mut state, i) = state_with_zone();
+        begin(&mut state, i, "I1", None, 0);
+        chunk(
+            &mut state,
+            i + 1,
+            "I1",
+            0,
+            vec![set("example.com.", RType::SOA, soa(7))],
+        );
+        assert_eq!(code(&commit(&mut state, i + 2, "I1", 1)), "Applied");
+        let z = &state.zones[&origin()];
+        assert_eq!(
+            z.sets[&(origin().wire().to_vec(), RType::SOA.0)].rdatas[0],
+            soa(7)
+        );
+    }
+
+    #[test]
+    fn an_invalid_chunk_is_refused_with_its_rule_and_the_commit_then_too() {
+        let (mut state, i) = state_with_zone();
+        let before = owners(&state);
+        begin(&mut state, i, "I1", None, 0);
+        assert_eq!(
+            code(&chunk(
+                &mut state,
+                i + 1,
+                "I1",
+                0,
+                vec![a("x.example.com.", 1)]
+            )),
+            "Applied"
+        );
+        assert_eq!(
+            code(&chunk(&mut state, i + 2, "I1", 1, vec![a("x.other.", 1)])),
+            "NameOutsideZone"
+        );
+        // A CNAME beside data staged by an earlier chunk is caught across chunks.
+        let cname = set(
+            "x.example.com.",
+            RType::CNAME,
+            name("y.example.com.").wire().to_vec(),
+        );
+        assert_eq!(
+            code(&chunk(&mut state, i + 3, "I1", 1, vec![cname])),
+            "CnameAndOtherData"
+        );
+        assert_eq!(
+            code(&commit(&mut state, i + 4, "I1", 2)),
+            "ImportIncomplete"
+        );
+        assert_eq!(owners(&state), before);
+        // Only UPSERTs stage.
+        let mut create = a("z.example.com.", 1);
+        create.action = Action::Create;
+        assert_eq!(
+            code(&chunk(&mut state, i + 5, "I1", 1, vec![create])),
+            "InvalidChangeBatch"
+        );
+    }
+
+    #[test]
+    fn compare_and_set_is_checked_at_begin_and_at_commit() {
+        let (mut state, i) = state_with_zone();
+        assert_eq!(
+            code(&begin(&mut state, i, "I1", Some(1), 0)),
+            "ZoneVersionMismatch"
+        );
+        assert_eq!(code(&begin(&mut state, i + 1, "I2", Some(2), 0)), "Applied");
+        chunk(&mut state, i + 2, "I2", 0, vec![a("n.example.com.", 1)]);
+        let other = Command::ChangeBatch {
+            zone: origin(),
+            batch: batch(vec![a("other.example.com.", 1)]),
+            idempotency_token: None,
+            expected_zone_version: None,
+            change_id: "other".into(),
+            submitted_ms: 0,
+        };
+        state.apply(i + 3, &other, &mut Vec::new());
+        let before = owners(&state);
+        assert_eq!(
+            code(&commit(&mut state, i + 4, "I2", 1)),
+            "ZoneVersionMismatch"
+        );
+        assert_eq!(owners(&state), before);
+        assert!(
+            state.imports.is_empty(),
+            "a refused commit drops its import"
+        );
+    }
+
+    #[test]
+    fn abort_supersede_expiry_and_zone_deletion_drop_imports() {
+        let (mut state, i) = state_with_zone();
+        let before = owners(&state);
+        begin(&mut state, i, "I1", None, 0);
+        let abort = Command::ImportAbort {
+            import_id: "I1".into(),
+            submitted_ms: 0,
+        };
+        assert_eq!(
+            code(&state.apply(i + 1, &abort, &mut Vec::new()).0),
+            "Applied"
+        );
+        assert_eq!(code(&commit(&mut state, i + 2, "I1", 0)), "NoSuchImport");
+        assert_eq!(owners(&state), before);
+
+        // A second import of the same zone supersedes the first.
+        begin(&mut state, i + 3, "I2", None, 0);
+        begin(&mut state, i + 4, "I3", None, 0);
+        assert_eq!(
+            code(&chunk(
+                &mut state,
+                i + 5,
+                "I2",
+                0,
+                vec![a("n.example.com.", 1)]
+            )),
+            "NoSuchImport"
+        );
+        assert_eq!(state.imports.len(), 1);
+
+        // Imports idle longer than IMPORT_IDLE_MAX_MS are dropped when another begins.
+        let mut persist = Vec::new();
+        let create = Command::CreateZone {
+            name: name("example.net."),
+            caller_reference: String::new(),
+            soa: soa(1),
+            ns: vec![name("ns1.example.com.").wire().to_vec()],
+            change_id: "create-net".into(),
+            submitted_ms: 0,
+        };
+        state.apply(i + 6, &create, &mut persist);
+        let late = Command::ImportBegin {
+            zone: name("example.net."),
+            import_id: "I4".into(),
+            comment: String::new(),
+            expected_zone_version: None,
+            submitted_ms: IMPORT_IDLE_MAX_MS + 1,
+        };
+        assert_eq!(code(&state.apply(i + 7, &late, &mut persist).0), "Applied");
+        assert_eq!(state.imports.keys().collect::<Vec<_>>(), vec!["I4"]);
+
+        // Deleting the zone drops its import.
+        let delete = Command::DeleteZone {
+            name: name("example.net."),
+            force: true,
+            change_id: "delete-net".into(),
+            submitted_ms: 0,
+        };
+        state.apply(i + 8, &delete, &mut persist);
+        assert!(state.imports.is_empty());
+    }
+
+    #[test]
+    fn imports_are_limited() {
+        let mut state = State::default();
+        for z in 0..=IMPORTS_MAX {
+            let zone = name(&format!("z{z}.example."));
+            let create = Command::CreateZone {
+                name: zone.clone(),
+                caller_reference: String::new(),
+                soa: soa(1),
+                ns: vec![name("ns1.example.com.").wire().to_vec()],
+                change_id: format!("c{z}"),
+                submitted_ms: 0,
+            };
+            state.apply(z as u64 * 2 + 1, &create, &mut Vec::new());
+            let begin = Command::ImportBegin {
+                zone,
+                import_id: format!("I{z}"),
+                comment: String::new(),
+                expected_zone_version: None,
+                submitted_ms: 0,
+            };
+            let result = state.apply(z as u64 * 2 + 2, &begin, &mut Vec::new()).0;
+            let expected = if z < IMPORTS_MAX {
+                "Applied"
+            } else {
+                "LimitExceeded"
+            };
+            assert_eq!(code(&result), expected, "import {z}");
+        }
+    }
+
+    #[test]
+    fn a_large_import_sends_edges_a_full_catalog() {
+        let (mut state, i) = state_with_zone();
+        begin(&mut state, i, "I1", None, 0);
+        let mut seq = 0;
+        let mut index = i + 1;
+        let total = DELTA_INLINE_SETS_MAX + 1;
+        let names: Vec<Change> = (0..total)
+            .map(|n| a(&format!("h{n}.example.com."), (n % 250) as u8))
+            .collect();
+        for part in names.chunks(5_000) {
+            assert_eq!(
+                code(&chunk(&mut state, index, "I1", seq, part.to_vec())),
+                "Applied"
+            );
+            seq += 1;
+            index += 1;
+        }
+        let version_before = state.catalog_version;
+        assert_eq!(code(&commit(&mut state, index, "I1", seq)), "Applied");
+        assert_eq!(state.zones[&origin()].sets.len(), total + 2);
+        assert!(state.deltas.is_empty());
+        assert_eq!(state.deltas_since(version_before), None);
+        assert_eq!(state.deltas_since(state.catalog_version), Some(Vec::new()));
+    }
+}

@@ -547,6 +547,10 @@ impl Client {
             r = staged => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
         };
+        if outcome.is_err() && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // End the progress line so the error starts its own.
+            eprintln!();
+        }
         let result = match outcome {
             Ok(chunks) => {
                 let req = v1::CommitImportRequest {
