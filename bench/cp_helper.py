@@ -669,7 +669,7 @@ def report_control(R, out):
                          f"the step's max latency was {r['max_ms']:.0f} ms.")
         if s.get("rpc_timeouts") or s.get("replication_backoffs"):
             notes.append(f"`{s['step']}`: the node logs show {s.get('rpc_timeouts')} Raft RPC timeouts (AppendEntries times out after the "
-                         f"100 ms heartbeat interval) and {s.get('replication_backoffs')} replication backoffs (500 ms) during the step.")
+                         f"heartbeat interval, 200 ms) and {s.get('replication_backoffs')} replication backoffs (500 ms) during the step.")
     if notes:
         L.append("## Notes\n")
         for n in notes:
