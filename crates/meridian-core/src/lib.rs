@@ -9,6 +9,7 @@ pub mod answer;
 pub mod catalog;
 pub mod change;
 pub mod name;
+pub mod policy;
 pub mod query;
 pub mod rdata;
 pub mod writer;
