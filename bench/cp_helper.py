@@ -49,6 +49,15 @@ NOISE_CORES_MAX = 0.15  # average cores other work may use during a step before 
 # Processes and CPU
 
 
+def warnings_section(R, L):
+    """Appends the run's warnings (if any) to the report lines L."""
+    if R.get("warnings"):
+        L.append("## Warnings\n")
+        for w in R["warnings"]:
+            L.append(f"- {w}")
+        L.append("")
+
+
 def _proc_table():
     """{pid: (ppid, utime+stime, cutime+cstime)} for every process."""
     out = {}
@@ -675,11 +684,7 @@ def report_control(R, out):
         for n in notes:
             L.append(f"- {n}")
         L.append("")
-    if R.get("warnings"):
-        L.append("## Warnings\n")
-        for w in R["warnings"]:
-            L.append(f"- {w}")
-        L.append("")
+    warnings_section(R, L)
     L.append("How to read it: latency is per ChangeRecordSets call as meridian-bench sees it (send to reply: forward-free, "
              "leader append + fsync, replication to a follower + its fsync, apply, reply). With `--rate`, each call is sent at its "
              "scheduled time if one of the in-flight slots is free; when the cluster falls behind, calls start late and that wait is "
@@ -770,11 +775,7 @@ def report_propagation(R, out):
             r = s.get("result") or {}
             L.append(f"- `{s.get('zone')}`: {r.get('sets', 'n/a')} sets in {r.get('seconds', 'n/a')} s ({s.get('controls')} control node(s), no edge attached).")
         L.append("")
-    if R.get("warnings"):
-        L.append("## Warnings\n")
-        for w in R["warnings"]:
-            L.append(f"- {w}")
-        L.append("")
+    warnings_section(R, L)
     L.append(f"Total run time: {float(m.get('total_s', 0)):.0f} s. See bench/README.md.")
     open(out, "w").write("\n".join(L) + "\n")
 

@@ -186,12 +186,7 @@ impl zones_server::Zones for Api {
             Ok(Response::new(zone_info(zone)))
         }
         .await;
-        self.node.metrics.call(
-            "CreateZone",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("CreateZone", code_of(&result));
         result
     }
 
@@ -207,12 +202,7 @@ impl zones_server::Zones for Api {
             }))
         }
         .await;
-        self.node.metrics.call(
-            "ListZones",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("ListZones", code_of(&result));
         result
     }
 
@@ -232,12 +222,7 @@ impl zones_server::Zones for Api {
             Ok(Response::new(zone_info(zone)))
         }
         .await;
-        self.node.metrics.call(
-            "GetZone",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("GetZone", code_of(&result));
         result
     }
 
@@ -258,12 +243,7 @@ impl zones_server::Zones for Api {
             Ok(Response::new(result_to_change(result, "")?))
         }
         .await;
-        self.node.metrics.call(
-            "DeleteZone",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("DeleteZone", code_of(&result));
         result
     }
 
@@ -289,12 +269,7 @@ impl zones_server::Zones for Api {
             Ok(Response::new(result_to_change(result, &comment)?))
         }
         .await;
-        self.node.metrics.call(
-            "ChangeRecordSets",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("ChangeRecordSets", code_of(&result));
         result
     }
 
@@ -369,12 +344,7 @@ impl zones_server::Zones for Api {
             }))
         }
         .await;
-        self.node.metrics.call(
-            "ListRecordSets",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("ListRecordSets", code_of(&result));
         result
     }
 
@@ -407,12 +377,7 @@ impl zones_server::Zones for Api {
             }))
         }
         .await;
-        self.node.metrics.call(
-            "GetChange",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("GetChange", code_of(&result));
         result
     }
 
@@ -609,12 +574,7 @@ impl cluster_server::Cluster for Api {
             self.status(Request::new(v1::StatusRequest {})).await
         }
         .await;
-        self.node.metrics.call(
-            "Init",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("Init", code_of(&result));
         result
     }
 
@@ -654,12 +614,7 @@ impl cluster_server::Cluster for Api {
             self.status(Request::new(v1::StatusRequest {})).await
         }
         .await;
-        self.node.metrics.call(
-            "AddNode",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("AddNode", code_of(&result));
         result
     }
 
@@ -690,12 +645,7 @@ impl cluster_server::Cluster for Api {
             self.status(Request::new(v1::StatusRequest {})).await
         }
         .await;
-        self.node.metrics.call(
-            "RemoveNode",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("RemoveNode", code_of(&result));
         result
     }
 
@@ -744,12 +694,7 @@ impl cluster_server::Cluster for Api {
             }))
         }
         .await;
-        self.node.metrics.call(
-            "Status",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("Status", code_of(&result));
         result
     }
 }
@@ -963,12 +908,7 @@ impl edge_sync_server::EdgeSync for Api {
             Ok(Response::new(v1::ReportReply {}))
         }
         .await;
-        self.node.metrics.call(
-            "Report",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("Report", code_of(&result));
         result
     }
 
@@ -1007,12 +947,7 @@ impl edge_sync_server::EdgeSync for Api {
             }))
         }
         .await;
-        self.node.metrics.call(
-            "ListEdges",
-            result
-                .as_ref()
-                .map_or_else(|s| s.code(), |_| tonic::Code::Ok),
-        );
+        self.node.metrics.call("ListEdges", code_of(&result));
         result
     }
 }

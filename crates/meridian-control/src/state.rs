@@ -359,7 +359,6 @@ impl State {
                         None,
                     );
                 }
-                let base_version = self.catalog_version;
                 let mut zone = ZoneData {
                     meta: Some(ZoneMeta {
                         name: origin.clone(),
@@ -386,32 +385,18 @@ impl State {
                         rdatas: ns.clone(),
                     },
                 );
-                let put = zone
-                    .sets
-                    .iter()
-                    .map(|((n, t), d)| (n.clone(), *t, d.clone()))
-                    .collect();
                 persist.push(Persist::Zone(origin.clone()));
                 for (n, t) in zone.sets.keys() {
                     persist.push(Persist::Set(origin.clone(), n.clone(), *t));
                 }
-                self.zones.insert(origin.clone(), zone);
-                self.catalog_version = index;
-                let record = ChangeRecord {
-                    id: change_id.clone(),
-                    version: index,
-                    comment: format!("create zone {origin}"),
-                    submitted_ms: *submitted_ms,
-                    zone: origin.clone(),
-                };
-                let zone_delta = ZoneDelta {
-                    origin,
-                    create: true,
-                    delete: false,
-                    put,
-                    remove: Vec::new(),
-                };
-                self.commit_change(base_version, record, zone_delta, persist)
+                self.install_zone(
+                    index,
+                    zone,
+                    change_id,
+                    format!("create zone {origin}"),
+                    *submitted_ms,
+                    persist,
+                )
             }
             Command::DeleteZone {
                 name,
@@ -870,24 +855,46 @@ impl State {
             generation: import.meta.generation,
             ..live_meta
         });
+        self.install_zone(
+            index,
+            import.data,
+            change_id,
+            import.meta.comment,
+            submitted_ms,
+            persist,
+        )
+    }
+
+    /// Puts a whole zone in place (new, or replacing one) as the change at `index`: the edges'
+    /// delta rebuilds it from its full content, or, past `DELTA_INLINE_SETS_MAX` sets, is not
+    /// kept and edges behind this version get a full catalog. The caller has listed the keys
+    /// to persist.
+    fn install_zone(
+        &mut self,
+        index: u64,
+        zone: ZoneData,
+        change_id: &str,
+        comment: String,
+        submitted_ms: u64,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let origin = zone.meta().name.clone();
         let base_version = self.catalog_version;
-        let set_count = import.data.sets.len();
-        let put = if set_count <= DELTA_INLINE_SETS_MAX {
-            import
-                .data
-                .sets
+        let inline = zone.sets.len() <= DELTA_INLINE_SETS_MAX;
+        let put = if inline {
+            zone.sets
                 .iter()
                 .map(|((n, t), d)| (n.clone(), *t, d.clone()))
                 .collect()
         } else {
             Vec::new()
         };
-        self.zones.insert(origin.clone(), import.data);
+        self.zones.insert(origin.clone(), zone);
         self.catalog_version = index;
         let record = ChangeRecord {
             id: change_id.to_string(),
             version: index,
-            comment: import.meta.comment.clone(),
+            comment,
             submitted_ms,
             zone: origin.clone(),
         };
@@ -899,8 +906,7 @@ impl State {
             remove: Vec::new(),
         };
         let result = self.commit_change(base_version, record, zone_delta, persist);
-        if set_count > DELTA_INLINE_SETS_MAX {
-            // Edges behind this version get a full catalog: see `DELTA_INLINE_SETS_MAX`.
+        if !inline {
             self.deltas.clear();
             return (result.0, None);
         }

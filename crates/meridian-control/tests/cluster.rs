@@ -66,6 +66,27 @@ async fn stop(m: &mut Member) {
     m.node.raft.shutdown().await.unwrap();
 }
 
+/// Starts nodes 1, 2 and 3 in subdirectories of `dir` and forms a cluster of them.
+async fn start_three(dir: &std::path::Path) -> Vec<Member> {
+    let mut members = Vec::new();
+    for id in 1..=3u64 {
+        members.push(start(id, &dir.join(format!("n{id}")), None).await);
+    }
+    let nodes: BTreeMap<u64, BasicNode> = members
+        .iter()
+        .map(|m| {
+            (
+                m.node.id,
+                BasicNode {
+                    addr: m.addr.clone(),
+                },
+            )
+        })
+        .collect();
+    members[0].node.initialize(nodes).await.unwrap();
+    members
+}
+
 async fn wait_for<F: Fn() -> bool>(what: &str, f: F) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
@@ -169,22 +190,7 @@ fn applied(m: &Member) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_replicate_survive_leader_loss_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut members = Vec::new();
-    for id in 1..=3u64 {
-        members.push(start(id, &tmp.path().join(format!("n{id}")), None).await);
-    }
-    let nodes: BTreeMap<u64, BasicNode> = members
-        .iter()
-        .map(|m| {
-            (
-                m.node.id,
-                BasicNode {
-                    addr: m.addr.clone(),
-                },
-            )
-        })
-        .collect();
-    members[0].node.initialize(nodes).await.unwrap();
+    let mut members = start_three(tmp.path()).await;
     let lead = leader(&members.iter().collect::<Vec<_>>()).await;
     let writer = &members[(lead - 1) as usize];
     assert!(matches!(
@@ -294,22 +300,7 @@ async fn three_nodes_replicate_survive_leader_loss_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_minority_cannot_commit() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut members = Vec::new();
-    for id in 1..=3u64 {
-        members.push(start(id, &tmp.path().join(format!("n{id}")), None).await);
-    }
-    let nodes: BTreeMap<u64, BasicNode> = members
-        .iter()
-        .map(|m| {
-            (
-                m.node.id,
-                BasicNode {
-                    addr: m.addr.clone(),
-                },
-            )
-        })
-        .collect();
-    members[0].node.initialize(nodes).await.unwrap();
+    let mut members = start_three(tmp.path()).await;
     let lead = leader(&members.iter().collect::<Vec<_>>()).await;
     let w = &members[(lead - 1) as usize];
     w.node.write(create_zone(w)).await.unwrap();
@@ -512,22 +503,7 @@ async fn a_staged_import_survives_restarts_and_large_catch_up() {
     const CHUNKS: u64 = 12;
     const CHUNK_SETS: usize = 5_000;
     let tmp = tempfile::tempdir().unwrap();
-    let mut members = Vec::new();
-    for id in 1..=3u64 {
-        members.push(start(id, &tmp.path().join(format!("n{id}")), None).await);
-    }
-    let nodes: BTreeMap<u64, BasicNode> = members
-        .iter()
-        .map(|m| {
-            (
-                m.node.id,
-                BasicNode {
-                    addr: m.addr.clone(),
-                },
-            )
-        })
-        .collect();
-    members[0].node.initialize(nodes).await.unwrap();
+    let mut members = start_three(tmp.path()).await;
     let refs: Vec<&Member> = members.iter().collect();
     leader(&refs).await;
     let m0 = &members[0];
