@@ -38,6 +38,10 @@ if [ -f tests/cluster/cluster_e2e.py ]; then
   echo "== control plane + edges, multi-process on loopback (3 control nodes, 3 edges)"
   python3 tests/cluster/cluster_e2e.py --meridian target/release/meridian
 fi
+if [ -f tests/policy/policy_e2e.py ]; then
+  echo "== routing policies end to end (meridian dev, dig +subnet, test and CC0 geo databases)"
+  python3 tests/policy/policy_e2e.py --meridian target/release/meridian
+fi
 if [ -f tests/diff/knot_diff.py ]; then
   echo "== differential test against Knot DNS on tests/zones"
   python3 tests/diff/knot_diff.py --meridian target/release/meridian

@@ -101,6 +101,7 @@ fn batch(zone: &str, start: usize, size: usize, tag: &str) -> v1::ChangeRecordSe
                     r#type: "TXT".into(),
                     ttl: 60,
                     values: vec![format!("\"{tag}{i}\"")],
+                    ..Default::default()
                 }),
             })
             .collect(),
@@ -221,6 +222,7 @@ async fn main() -> Result<()> {
                             r#type: "TXT".into(),
                             ttl: 0,
                             values: vec![format!("\"{value}\"")],
+                            ..Default::default()
                         }),
                     }],
                     idempotency_token: String::new(),

@@ -9,18 +9,21 @@ use std::sync::Arc;
 use futures::Stream;
 use meridian_core::Name;
 use meridian_core::rdata::RType;
-use meridian_proto::v1::{self, cluster_server, edge_sync_server, raft_server, zones_server};
+use meridian_proto::v1::{
+    self, cluster_server, edge_sync_server, raft_server, routing_server, zones_server,
+};
 use openraft::BasicNode;
 use tonic::{Request, Response, Status};
 
 use crate::Error;
 use crate::convert::{
-    batch_from_proto, parse_name, parse_type, record_set_from_proto, record_set_to_proto,
+    batch_from_proto, parse_name, parse_type, record_set_from_proto, stored_set_to_proto,
 };
 use crate::edges::{self, EdgeEntry};
 use crate::node::{ControlNode, now_ms};
 use crate::state::CatalogDelta;
 use crate::types::{Command, CommandResult, Forwarded};
+use meridian_core::catalog::RoutingState;
 use meridian_core::change::{Action, Change, ChangeBatch};
 
 /// Record sets per `ListRecordSets` page when the client does not say; and the most it may ask.
@@ -54,11 +57,19 @@ fn result_to_change(result: CommandResult, comment: &str) -> Result<v1::ChangeIn
             version,
             comment: comment.to_string(),
             submitted_unix_ms: now_ms(),
+            warnings: Vec::new(),
         }),
         CommandResult::Rejected { code, message } => {
             let msg = format!("{code}: {message}");
             Err(match code.as_str() {
-                "NoSuchHostedZone" | "NoSuchChange" | "NoSuchImport" => Status::not_found(msg),
+                "NoSuchHostedZone"
+                | "NoSuchChange"
+                | "NoSuchImport"
+                | "NoSuchHealthCheck"
+                | "NoSuchCidrCollection" => Status::not_found(msg),
+                "HealthCheckInUse" | "CidrCollectionInUse" | "HealthCheckAlreadyExists" => {
+                    Status::failed_precondition(msg)
+                }
                 "ZoneAlreadyExists"
                 | "ZoneVersionMismatch"
                 | "HostedZoneNotEmpty"
@@ -124,6 +135,7 @@ impl Api {
                     applied_version: e.applied_version,
                     addresses: e.addresses,
                     last_seen_ms: e.last_seen_unix_ms,
+                    region_rtt_ms: e.region_rtt_ms.into_iter().collect(),
                 }));
             }
         }
@@ -256,6 +268,7 @@ impl zones_server::Zones for Api {
             let zone = parse_name(&req.zone, None)?;
             let batch = batch_from_proto(&req, &zone)?;
             let comment = batch.comment.clone();
+            let warnings = meridian_core::change::batch_warnings(&batch);
             let command = Command::ChangeBatch {
                 zone,
                 batch,
@@ -266,7 +279,9 @@ impl zones_server::Zones for Api {
                 submitted_ms: now_ms(),
             };
             let result = self.node.write(command).await.map_err(status)?;
-            Ok(Response::new(result_to_change(result, &comment)?))
+            let mut info = result_to_change(result, &comment)?;
+            info.warnings = warnings;
+            Ok(Response::new(info))
         }
         .await;
         self.node.metrics.call("ChangeRecordSets", code_of(&result));
@@ -336,7 +351,7 @@ impl zones_server::Zones for Api {
                     next_cursor = format!("{} {}", last.name, last.r#type);
                     break;
                 }
-                out.push(record_set_to_proto(n, *t, d.ttl, &d.rdatas));
+                out.extend(stored_set_to_proto(n, *t, d.ttl, &d.rdatas));
             }
             Ok(Response::new(v1::ListRecordSetsResponse {
                 record_sets: out,
@@ -374,6 +389,7 @@ impl zones_server::Zones for Api {
                 version: record.version,
                 comment: record.comment,
                 submitted_unix_ms: record.submitted_ms,
+                warnings: Vec::new(),
             }))
         }
         .await;
@@ -816,6 +832,32 @@ fn full_update(state: &crate::state::State) -> v1::CatalogUpdate {
             .collect(),
         deltas: Vec::new(),
         newest_version: state.catalog_version,
+        routing: Some(routing_to_proto(&state.routing)),
+    }
+}
+
+/// The routing state as edges receive it.
+pub fn routing_to_proto(r: &RoutingState) -> v1::WireRoutingState {
+    v1::WireRoutingState {
+        health: r
+            .health
+            .iter()
+            .map(|(id, healthy)| v1::HealthVerdict {
+                id: id.clone(),
+                healthy: *healthy,
+            })
+            .collect(),
+        cidr: r
+            .cidr
+            .iter()
+            .flat_map(|(collection, blocks)| {
+                blocks.iter().map(move |b| v1::CidrEntry {
+                    collection: collection.clone(),
+                    location: b.location.clone(),
+                    cidr: b.to_string(),
+                })
+            })
+            .collect(),
     }
 }
 
@@ -847,6 +889,7 @@ fn delta_update(d: &CatalogDelta, newest: u64) -> v1::CatalogUpdate {
             })
             .collect(),
         newest_version: newest,
+        routing: d.routing.as_deref().map(routing_to_proto),
     }
 }
 
@@ -904,6 +947,7 @@ impl edge_sync_server::EdgeSync for Api {
                 applied_version: r.applied_version,
                 addresses: r.addresses,
                 last_seen_ms: 0,
+                region_rtt_ms: r.region_rtt_ms.into_iter().collect(),
             });
             Ok(Response::new(v1::ReportReply {}))
         }
@@ -941,6 +985,7 @@ impl edge_sync_server::EdgeSync for Api {
                         applied_version: e.applied_version,
                         addresses: e.addresses,
                         last_seen_unix_ms: e.last_seen_ms,
+                        region_rtt_ms: e.region_rtt_ms.into_iter().collect(),
                     })
                     .collect(),
                 catalog_version,
@@ -948,6 +993,482 @@ impl edge_sync_server::EdgeSync for Api {
         }
         .await;
         self.node.metrics.call("ListEdges", code_of(&result));
+        result
+    }
+}
+
+/// Health check ids: random enough to be unique across the cluster, as Route 53's UUIDs.
+fn new_health_check_id(node: &ControlNode) -> String {
+    let n = node.next_change_id();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in n.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("hc-{:016x}", h ^ now_ms().rotate_left(29))
+}
+
+/// Route 53 `HealthCheckConfig` fields we know (issue: probing is the health-check work; here
+/// the config is checked for shape and kept).
+const HEALTH_CHECK_TYPES: [&str; 6] = [
+    "HTTP",
+    "HTTPS",
+    "HTTP_STR_MATCH",
+    "HTTPS_STR_MATCH",
+    "TCP",
+    "CALCULATED",
+];
+/// Longest health check config accepted.
+const HEALTH_CHECK_CONFIG_BYTES_MAX: usize = 16 * 1024;
+
+fn check_health_config(text: &str) -> Result<String, Status> {
+    if text.len() > HEALTH_CHECK_CONFIG_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "HealthCheckConfig is over {HEALTH_CHECK_CONFIG_BYTES_MAX} bytes"
+        )));
+    }
+    let value: serde_json::Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text)
+            .map_err(|e| Status::invalid_argument(format!("HealthCheckConfig JSON: {e}")))?
+    } else {
+        serde_yaml::from_str(text)
+            .map_err(|e| Status::invalid_argument(format!("HealthCheckConfig YAML: {e}")))?
+    };
+    let config = value.get("HealthCheckConfig").unwrap_or(&value);
+    let kind = config
+        .get("Type")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| Status::invalid_argument("HealthCheckConfig needs a Type"))?;
+    if !HEALTH_CHECK_TYPES.contains(&kind) {
+        return Err(Status::invalid_argument(format!(
+            "HealthCheckConfig Type {kind:?} is not one of {}",
+            HEALTH_CHECK_TYPES.join(" ")
+        )));
+    }
+    if kind != "CALCULATED"
+        && config.get("IPAddress").is_none()
+        && config.get("FullyQualifiedDomainName").is_none()
+    {
+        return Err(Status::invalid_argument(
+            "HealthCheckConfig needs IPAddress or FullyQualifiedDomainName",
+        ));
+    }
+    Ok(config.to_string())
+}
+
+fn health_status_text(h: &crate::state::HealthCheck) -> &'static str {
+    match h.status_override {
+        Some(true) => "healthy (operator)",
+        Some(false) => "unhealthy (operator)",
+        None => "no data: healthy",
+    }
+}
+
+fn parse_cidr(text: &str) -> Result<(std::net::IpAddr, u8), Status> {
+    let bad = || Status::invalid_argument(format!("{text:?} is not a CIDR block (ADDR/LEN)"));
+    let (addr, len) = text.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(bad());
+    }
+    let block = meridian_core::policy::CidrBlock {
+        network: addr,
+        prefix_len: len,
+        location: String::new(),
+    };
+    // The network address must have no host bits (as Route 53 requires).
+    if !block.contains(addr) || masked(addr, len) != addr {
+        return Err(Status::invalid_argument(format!(
+            "{text:?} has host bits set; the network is {}/{len}",
+            masked(addr, len)
+        )));
+    }
+    Ok((addr, len))
+}
+
+fn masked(addr: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            std::net::IpAddr::from((u32::from(a) & m).to_be_bytes())
+        }
+        std::net::IpAddr::V6(a) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            std::net::IpAddr::from((u128::from(a) & m).to_be_bytes())
+        }
+    }
+}
+
+/// What `explain` consults: the replicated routing state, the client's location from this
+/// node's geo database, and the RTT table edges of the chosen POP report.
+struct ExplainEnv<'a> {
+    routing: &'a RoutingState,
+    client: Option<std::net::IpAddr>,
+    location: Option<meridian_core::policy::Location>,
+    rtt: BTreeMap<String, u32>,
+    rng: u64,
+}
+
+impl meridian_core::policy::Environment for ExplainEnv<'_> {
+    fn healthy(&self, check: &str) -> Option<bool> {
+        self.routing.health.get(check).copied()
+    }
+    fn location(&self) -> Option<meridian_core::policy::Location<&str>> {
+        self.location.as_ref().map(|l| l.as_ref())
+    }
+    fn cidr_location(&self, collection: &str) -> Option<&str> {
+        self.routing.cidr_location(collection, self.client?)
+    }
+    fn rtt_ms(&self, region: &str) -> Option<u32> {
+        self.rtt.get(region).copied()
+    }
+    fn random(&mut self) -> u64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[tonic::async_trait]
+impl routing_server::Routing for Api {
+    async fn create_health_check(
+        &self,
+        request: Request<v1::CreateHealthCheckRequest>,
+    ) -> Result<Response<v1::HealthCheck>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let config = check_health_config(&req.config_json)?;
+            let id = new_health_check_id(&self.node);
+            let command = Command::HealthCheckCreate {
+                id: id.clone(),
+                caller_reference: req.caller_reference.clone(),
+                config: config.clone(),
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            let info = result_to_change(result, "")?;
+            Ok(Response::new(v1::HealthCheck {
+                id,
+                caller_reference: req.caller_reference,
+                config_json: config,
+                status: "no data: healthy".into(),
+                version: info.version,
+            }))
+        }
+        .await;
+        self.node
+            .metrics
+            .call("CreateHealthCheck", code_of(&result));
+        result
+    }
+
+    async fn delete_health_check(
+        &self,
+        request: Request<v1::HealthCheckIdRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let command = Command::HealthCheckDelete {
+                id: request.into_inner().id,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node
+            .metrics
+            .call("DeleteHealthCheck", code_of(&result));
+        result
+    }
+
+    async fn list_health_checks(
+        &self,
+        request: Request<v1::ListHealthChecksRequest>,
+    ) -> Result<Response<v1::ListHealthChecksResponse>, Status> {
+        let result: Result<_, Status> = async move {
+            self.read_guard(request.into_inner().stale).await?;
+            let state = self.node.sm.state.read().expect("state lock");
+            Ok(Response::new(v1::ListHealthChecksResponse {
+                health_checks: state
+                    .routing_objects
+                    .health_checks
+                    .values()
+                    .map(|h| v1::HealthCheck {
+                        id: h.id.clone(),
+                        caller_reference: h.caller_reference.clone(),
+                        config_json: h.config.clone(),
+                        status: health_status_text(h).into(),
+                        version: h.created_version,
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        self.node.metrics.call("ListHealthChecks", code_of(&result));
+        result
+    }
+
+    async fn set_health_status(
+        &self,
+        request: Request<v1::SetHealthStatusRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let healthy = match req.status.to_ascii_lowercase().as_str() {
+                "healthy" => Some(true),
+                "unhealthy" => Some(false),
+                "auto" => None,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "status {other:?} is healthy, unhealthy or auto"
+                    )));
+                }
+            };
+            let command = Command::HealthStatusSet {
+                id: req.id,
+                healthy,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node.metrics.call("SetHealthStatus", code_of(&result));
+        result
+    }
+
+    async fn put_cidr_collection(
+        &self,
+        request: Request<v1::CidrCollection>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            if req.name.is_empty() || req.name.len() > meridian_core::policy::POLICY_LABEL_BYTES_MAX
+            {
+                return Err(Status::invalid_argument(
+                    "collection name is 1 to 128 bytes",
+                ));
+            }
+            let mut blocks = Vec::with_capacity(req.blocks.len());
+            for b in &req.blocks {
+                let (network, prefix_len) = parse_cidr(&b.cidr)?;
+                if b.location_name.is_empty()
+                    || b.location_name.len() > meridian_core::policy::POLICY_LABEL_BYTES_MAX
+                {
+                    return Err(Status::invalid_argument("location name is 1 to 128 bytes"));
+                }
+                if blocks.iter().any(|o: &meridian_core::policy::CidrBlock| {
+                    o.network == network && o.prefix_len == prefix_len
+                }) {
+                    return Err(Status::invalid_argument(format!(
+                        "{} is given twice",
+                        b.cidr
+                    )));
+                }
+                blocks.push(meridian_core::policy::CidrBlock {
+                    network,
+                    prefix_len,
+                    location: b.location_name.clone(),
+                });
+            }
+            let command = Command::CidrCollectionPut {
+                name: req.name,
+                blocks,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node
+            .metrics
+            .call("PutCidrCollection", code_of(&result));
+        result
+    }
+
+    async fn delete_cidr_collection(
+        &self,
+        request: Request<v1::CidrCollectionIdRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let command = Command::CidrCollectionDelete {
+                name: request.into_inner().name,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node
+            .metrics
+            .call("DeleteCidrCollection", code_of(&result));
+        result
+    }
+
+    async fn list_cidr_collections(
+        &self,
+        request: Request<v1::ListCidrCollectionsRequest>,
+    ) -> Result<Response<v1::ListCidrCollectionsResponse>, Status> {
+        let result: Result<_, Status> = async move {
+            self.read_guard(request.into_inner().stale).await?;
+            let state = self.node.sm.state.read().expect("state lock");
+            Ok(Response::new(v1::ListCidrCollectionsResponse {
+                collections: state
+                    .routing_objects
+                    .cidr
+                    .iter()
+                    .map(|(name, blocks)| v1::CidrCollection {
+                        name: name.clone(),
+                        blocks: blocks
+                            .iter()
+                            .map(|b| v1::CidrBlock {
+                                cidr: b.to_string(),
+                                location_name: b.location.clone(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        self.node
+            .metrics
+            .call("ListCidrCollections", code_of(&result));
+        result
+    }
+
+    async fn explain(
+        &self,
+        request: Request<v1::ExplainRequest>,
+    ) -> Result<Response<v1::ExplainResponse>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let name = parse_name(&req.name, None)?;
+            let rtype = parse_type(&req.r#type)?;
+            let client: Option<std::net::IpAddr> = if !req.ecs.is_empty() {
+                Some(parse_cidr(&req.ecs)?.0)
+            } else if !req.client.is_empty() {
+                Some(req.client.parse().map_err(|_| {
+                    Status::invalid_argument(format!("client {:?} is not an address", req.client))
+                })?)
+            } else {
+                None
+            };
+            let rtt: BTreeMap<String, u32> = if req.pop.is_empty() {
+                BTreeMap::new()
+            } else {
+                let edges = self.cluster_edges().await;
+                let in_pop: Vec<_> = edges.iter().filter(|e| e.pop == req.pop).collect();
+                if in_pop.is_empty() {
+                    return Err(Status::not_found(format!(
+                        "no edge reports POP {:?}",
+                        req.pop
+                    )));
+                }
+                in_pop
+                    .iter()
+                    .max_by_key(|e| e.last_seen_ms)
+                    .map(|e| e.region_rtt_ms.clone())
+                    .unwrap_or_default()
+            };
+            self.read_guard(false).await?;
+            let mut steps = Vec::new();
+            let location = match (client, self.node.geo.get()) {
+                (Some(ip), Some(geo)) => {
+                    let l = geo.locate(ip).map(|l| meridian_core::policy::Location {
+                        continent: l.continent.map(str::to_string),
+                        country: l.country.map(str::to_string),
+                        subdivision: l.subdivision.map(str::to_string),
+                        coordinates: l.coordinates,
+                    });
+                    match &l {
+                        Some(l) => steps.push(format!("client {ip}: {l}")),
+                        None => steps.push(format!("client {ip}: not in the geo database")),
+                    }
+                    l
+                }
+                (Some(ip), None) => {
+                    steps.push(format!(
+                        "client {ip}: this control node has no geo database"
+                    ));
+                    None
+                }
+                (None, _) => {
+                    steps.push("no client address given: location unknown".into());
+                    None
+                }
+            };
+            if !req.pop.is_empty() {
+                steps.push(format!("POP {} RTTs: {:?}", req.pop, rtt));
+            }
+            let state = self.node.sm.state.read().expect("state lock");
+            let lookup = |n: &Name, t: RType| {
+                let (_, z) = crate::state::zone_of(&state.zones, n)?;
+                let key = (n.to_lowercase().wire().to_vec(), t.0);
+                z.sets.get(&key).map(|d| meridian_core::change::RecordSet {
+                    name: n.to_lowercase(),
+                    rtype: t,
+                    ttl: d.ttl,
+                    rdatas: d.rdatas.clone(),
+                    set_identifier: None,
+                    policy: None,
+                    health_check: None,
+                    alias: None,
+                    fail_closed: false,
+                })
+            };
+            if crate::state::zone_of(&state.zones, &name).is_none() {
+                return Err(Status::not_found(format!("no hosted zone holds {name}")));
+            }
+            let mut env = ExplainEnv {
+                routing: &state.routing,
+                client,
+                location,
+                rtt,
+                rng: now_ms(),
+            };
+            let e = meridian_core::routed::explain(&lookup, &name, rtype, &mut env);
+            steps.extend(e.steps);
+            let answer: Vec<String> = e
+                .answer
+                .iter()
+                .flat_map(|s| {
+                    s.rdatas.iter().map(move |rd| {
+                        format!(
+                            "{} {} IN {} {}",
+                            s.name,
+                            s.ttl,
+                            s.rtype,
+                            meridian_core::rdata::rdata_to_text(s.rtype, rd)
+                        )
+                    })
+                })
+                .collect();
+            Ok(Response::new(v1::ExplainResponse {
+                rcode: "NOERROR".into(),
+                answer,
+                steps,
+            }))
+        }
+        .await;
+        self.node.metrics.call("Explain", code_of(&result));
         result
     }
 }
@@ -994,6 +1515,7 @@ pub async fn serve(
                 .max_encoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(cluster_server::ClusterServer::new(api.clone()))
+        .add_service(routing_server::RoutingServer::new(api.clone()))
         .add_service(
             raft_server::RaftServer::new(api.clone())
                 .max_decoding_message_size(crate::network::RAFT_MESSAGE_BYTES_MAX)

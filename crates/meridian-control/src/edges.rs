@@ -23,6 +23,8 @@ pub struct EdgeEntry {
     pub applied_version: u64,
     pub addresses: Vec<String>,
     pub last_seen_ms: u64,
+    /// The edge's RTT to each region (its POP's latency table), for `explain --pop`.
+    pub region_rtt_ms: std::collections::BTreeMap<String, u32>,
 }
 
 impl EdgeEntry {

@@ -46,6 +46,8 @@ pub struct ControlNode {
     pub metrics: crate::metrics::ApiMetrics,
     /// Highest committed log index this node knows.
     pub committed_index: Arc<AtomicU64>,
+    /// Geo database for `explain --client/--ecs` (the same kind edges use); set once at start.
+    pub geo: std::sync::OnceLock<Arc<dyn meridian_core::policy::GeoLookup>>,
     change_counter: AtomicU64,
     /// The leader's address and a client for it, reused by forwarded writes and reads (a new
     /// HTTP/2 connection per forwarded write would cost a TCP handshake each).
@@ -113,6 +115,7 @@ impl ControlNode {
             committed_index,
             metrics: crate::metrics::ApiMetrics::default(),
             change_counter: AtomicU64::new(0),
+            geo: std::sync::OnceLock::new(),
             leader_client: std::sync::Mutex::new(None),
         }))
     }

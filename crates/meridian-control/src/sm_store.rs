@@ -211,6 +211,13 @@ impl StateMachine {
                     }
                 }
                 Persist::GenerationDropped(..) => {}
+                Persist::Routing => {
+                    batch.put_cf(
+                        cf(CF_SM_META),
+                        "routing",
+                        serde_json::to_vec(&state.routing_objects).map_err(io_write)?,
+                    );
+                }
                 Persist::Import(id) => {
                     if let Some(i) = state.imports.get(id) {
                         batch.put_cf(
@@ -362,6 +369,10 @@ fn load(db: &DB) -> Result<State, StorageError> {
         catalog_version: meta.catalog_version,
         ..State::default()
     };
+    if let Some(b) = db.get_cf(cf(CF_SM_META), "routing").map_err(io_read)? {
+        state.routing_objects = serde_json::from_slice(&b).map_err(io_read)?;
+        state.routing = std::sync::Arc::new(state.routing_objects.routing_state());
+    }
     for item in db.iterator_cf(cf(CF_SM_ZONES), IteratorMode::Start) {
         let (_, v) = item.map_err(io_read)?;
         let zm: ZoneMeta = serde_json::from_slice(&v).map_err(io_read)?;

@@ -3,10 +3,16 @@
 //! the catalog delta for edges (if the catalog changed) and the keys to persist.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use meridian_core::Name;
+use meridian_core::catalog::{
+    CIDR_BLOCKS_MAX, CIDR_COLLECTIONS_MAX, HEALTH_CHECKS_MAX, RoutingState,
+};
 use meridian_core::change::{self, Mutation, RecordSet};
+use meridian_core::policy::{CidrBlock, Policy};
 use meridian_core::rdata::RType;
+use meridian_core::routed::{self, ROUTED_TTL};
 use meridian_core::zone::{rrset_checksum, zone_checksum_term};
 use openraft::{BasicNode, StoredMembership};
 use serde::{Deserialize, Serialize};
@@ -131,10 +137,75 @@ impl ZoneData {
     }
 }
 
+/// A registered health check.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub id: String,
+    pub caller_reference: String,
+    /// Route 53 `HealthCheckConfig`, JSON.
+    pub config: String,
+    /// Operator verdict; `None`: automatic (no data until probes decide: healthy).
+    pub status_override: Option<bool>,
+    pub created_version: u64,
+}
+
+/// Health checks and CIDR collections: persisted together (small, rewritten whole on change).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoutingObjects {
+    pub health_checks: BTreeMap<String, HealthCheck>,
+    pub cidr: BTreeMap<String, Vec<CidrBlock>>,
+}
+
+impl RoutingObjects {
+    /// What edges need of these objects.
+    pub fn routing_state(&self) -> RoutingState {
+        RoutingState {
+            health: self
+                .health_checks
+                .values()
+                .filter_map(|h| h.status_override.map(|v| (h.id.clone(), v)))
+                .collect(),
+            cidr: self.cidr.clone(),
+        }
+    }
+}
+
 /// Read-only view of a zone for change validation in the pure core.
 struct ZoneView<'a> {
     origin: &'a Name,
     data: &'a ZoneData,
+    /// Every zone, for alias targets in other zones.
+    zones: &'a BTreeMap<Name, ZoneData>,
+    routing: &'a RoutingObjects,
+}
+
+fn set_of(name: &Name, rtype: RType, d: &SetData) -> RecordSet {
+    RecordSet {
+        name: name.to_lowercase(),
+        rtype,
+        ttl: d.ttl,
+        rdatas: d.rdatas.clone(),
+        set_identifier: None,
+        policy: None,
+        health_check: None,
+        alias: None,
+        fail_closed: false,
+    }
+}
+
+/// The zone holding `name` (longest origin), if any.
+pub fn zone_of<'a>(
+    zones: &'a BTreeMap<Name, ZoneData>,
+    name: &Name,
+) -> Option<(&'a Name, &'a ZoneData)> {
+    let mut at = Some(name.to_lowercase());
+    while let Some(n) = at {
+        if let Some((origin, data)) = zones.get_key_value(&n) {
+            return Some((origin, data));
+        }
+        at = n.parent();
+    }
+    None
 }
 
 impl change::ZoneState for ZoneView<'_> {
@@ -144,13 +215,29 @@ impl change::ZoneState for ZoneView<'_> {
 
     fn get(&self, name: &Name, rtype: RType) -> Option<RecordSet> {
         let key = (name.wire().to_vec(), rtype.0);
-        self.data.sets.get(&key).map(|d| RecordSet {
-            name: name.to_lowercase(),
-            rtype,
-            ttl: d.ttl,
-            rdatas: d.rdatas.clone(),
-            set_identifier: None,
-        })
+        self.data.sets.get(&key).map(|d| set_of(name, rtype, d))
+    }
+
+    fn routed_at(&self, name: &Name, rtype: RType) -> bool {
+        let key = (name.wire().to_vec(), rtype.0);
+        self.data
+            .sets
+            .get(&key)
+            .is_some_and(|d| d.ttl == ROUTED_TTL)
+    }
+
+    fn health_check_exists(&self, id: &str) -> bool {
+        self.routing.health_checks.contains_key(id)
+    }
+
+    fn cidr_collection_exists(&self, name: &str) -> bool {
+        self.routing.cidr.contains_key(name)
+    }
+
+    fn resolve(&self, name: &Name, rtype: RType) -> Option<RecordSet> {
+        let (_, data) = zone_of(self.zones, name)?;
+        let key = (name.to_lowercase().wire().to_vec(), rtype.0);
+        data.sets.get(&key).map(|d| set_of(name, rtype, d))
     }
 
     fn records_in(&self, name: &Name, rtype: RType) -> Option<usize> {
@@ -200,6 +287,8 @@ pub struct CatalogDelta {
     pub base_version: u64,
     pub checksum: u64,
     pub zones: Vec<ZoneDelta>,
+    /// The routing state when this entry changed it (health verdicts, CIDR collections).
+    pub routing: Option<Arc<RoutingState>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,6 +323,8 @@ pub enum Persist {
         committed: bool,
     },
     Change(String),
+    /// Health checks and CIDR collections (one value).
+    Routing,
 }
 
 #[derive(Debug, Default)]
@@ -249,6 +340,9 @@ pub struct State {
     pub deltas: VecDeque<CatalogDelta>,
     /// Staged imports by id.
     pub imports: BTreeMap<String, Import>,
+    pub routing_objects: RoutingObjects,
+    /// `routing_objects` as edges see them, rebuilt when they change.
+    pub routing: Arc<RoutingState>,
 }
 
 fn rejected(code: &str, message: impl Into<String>) -> CommandResult {
@@ -265,6 +359,239 @@ impl State {
             .iter()
             .map(|(origin, z)| zone_checksum_term(origin.wire(), z.checksum))
             .fold(0u64, u64::wrapping_add)
+            .wrapping_add(self.routing.checksum())
+    }
+
+    /// Zones whose routed sets name this health check or CIDR collection (for in-use refusals).
+    fn routing_users(&self, uses: impl Fn(&RecordSet) -> bool) -> Option<String> {
+        for (origin, z) in &self.zones {
+            for ((name, rtype), d) in z.sets.iter().filter(|(_, d)| d.ttl == ROUTED_TTL) {
+                let Ok(name) = Name::from_wire(name) else {
+                    continue;
+                };
+                let sets = routed::to_record_sets(&name, RType(*rtype), &d.rdatas);
+                if let Some(v) = sets.iter().find(|v| uses(v)) {
+                    return Some(format!(
+                        "{} {} set {:?} (zone {origin})",
+                        v.name,
+                        v.rtype,
+                        v.set_identifier.as_deref().unwrap_or("")
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Commits a change to health checks or CIDR collections: a catalog version whose delta
+    /// carries the new routing state.
+    fn commit_routing(
+        &mut self,
+        index: u64,
+        change_id: &str,
+        comment: String,
+        submitted_ms: u64,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let base_version = self.catalog_version;
+        self.catalog_version = index;
+        self.routing = Arc::new(self.routing_objects.routing_state());
+        persist.push(Persist::Routing);
+        let record = ChangeRecord {
+            id: change_id.to_string(),
+            version: index,
+            comment,
+            submitted_ms,
+            zone: Name::root(),
+        };
+        let result = CommandResult::Applied {
+            change_id: record.id.clone(),
+            version: index,
+        };
+        let delta = CatalogDelta {
+            version: index,
+            base_version,
+            checksum: self.catalog_checksum(),
+            zones: Vec::new(),
+            routing: Some(self.routing.clone()),
+        };
+        self.remember_change(record, persist);
+        self.push_delta(delta.clone());
+        (result, Some(delta))
+    }
+
+    fn apply_routing_command(
+        &mut self,
+        index: u64,
+        command: &Command,
+        persist: &mut Vec<Persist>,
+    ) -> (CommandResult, Option<CatalogDelta>) {
+        let objects = &mut self.routing_objects;
+        let (change_id, submitted_ms, comment) = match command {
+            Command::HealthCheckCreate {
+                id,
+                caller_reference,
+                config,
+                change_id,
+                submitted_ms,
+            } => {
+                if objects.health_checks.contains_key(id) {
+                    return (
+                        rejected(
+                            "HealthCheckAlreadyExists",
+                            format!("health check {id} exists"),
+                        ),
+                        None,
+                    );
+                }
+                if let Some(h) = objects.health_checks.values().find(|h| {
+                    !caller_reference.is_empty() && h.caller_reference == *caller_reference
+                }) {
+                    return (
+                        rejected(
+                            "HealthCheckAlreadyExists",
+                            format!(
+                                "caller reference {caller_reference:?} already made health check {}",
+                                h.id
+                            ),
+                        ),
+                        None,
+                    );
+                }
+                if objects.health_checks.len() >= HEALTH_CHECKS_MAX {
+                    return (
+                        rejected(
+                            "TooManyHealthChecks",
+                            format!("the limit is {HEALTH_CHECKS_MAX}"),
+                        ),
+                        None,
+                    );
+                }
+                objects.health_checks.insert(
+                    id.clone(),
+                    HealthCheck {
+                        id: id.clone(),
+                        caller_reference: caller_reference.clone(),
+                        config: config.clone(),
+                        status_override: None,
+                        created_version: index,
+                    },
+                );
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("create health check {id}"),
+                )
+            }
+            Command::HealthCheckDelete {
+                id,
+                change_id,
+                submitted_ms,
+            } => {
+                if !self.routing_objects.health_checks.contains_key(id) {
+                    return (
+                        rejected("NoSuchHealthCheck", format!("no health check {id}")),
+                        None,
+                    );
+                }
+                if let Some(user) = self.routing_users(|v| v.health_check.as_deref() == Some(id)) {
+                    return (
+                        rejected(
+                            "HealthCheckInUse",
+                            format!("health check {id} is used by {user}"),
+                        ),
+                        None,
+                    );
+                }
+                self.routing_objects.health_checks.remove(id);
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("delete health check {id}"),
+                )
+            }
+            Command::HealthStatusSet {
+                id,
+                healthy,
+                change_id,
+                submitted_ms,
+            } => {
+                let Some(h) = objects.health_checks.get_mut(id) else {
+                    return (
+                        rejected("NoSuchHealthCheck", format!("no health check {id}")),
+                        None,
+                    );
+                };
+                h.status_override = *healthy;
+                let what = match healthy {
+                    Some(true) => "healthy",
+                    Some(false) => "unhealthy",
+                    None => "automatic",
+                };
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("health check {id} set {what}"),
+                )
+            }
+            Command::CidrCollectionPut {
+                name,
+                blocks,
+                change_id,
+                submitted_ms,
+            } => {
+                if !objects.cidr.contains_key(name) && objects.cidr.len() >= CIDR_COLLECTIONS_MAX {
+                    return (
+                        rejected(
+                            "TooManyCidrCollections",
+                            format!("the limit is {CIDR_COLLECTIONS_MAX}"),
+                        ),
+                        None,
+                    );
+                }
+                if blocks.len() > CIDR_BLOCKS_MAX {
+                    return (
+                        rejected(
+                            "TooManyCidrBlocks",
+                            format!("the limit is {CIDR_BLOCKS_MAX}"),
+                        ),
+                        None,
+                    );
+                }
+                objects.cidr.insert(name.clone(), blocks.clone());
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("put CIDR collection {name}"),
+                )
+            }
+            Command::CidrCollectionDelete {
+                name,
+                change_id,
+                submitted_ms,
+            } => {
+                if !self.routing_objects.cidr.contains_key(name) {
+                    return (
+                        rejected("NoSuchCidrCollection", format!("no CIDR collection {name}")),
+                        None,
+                    );
+                }
+                if let Some(user) = self.routing_users(|v| {
+                    matches!(&v.policy, Some(Policy::IpBased { collection, .. }) if collection == name)
+                }) {
+                    return (rejected("CidrCollectionInUse", format!("CIDR collection {name} is used by {user}")), None);
+                }
+                self.routing_objects.cidr.remove(name);
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("delete CIDR collection {name}"),
+                )
+            }
+            _ => unreachable!("only routing commands come here"),
+        };
+        let change_id = change_id.clone();
+        self.commit_routing(index, &change_id, comment, submitted_ms, persist)
     }
 
     fn remember_change(&mut self, record: ChangeRecord, persist: &mut Vec<Persist>) {
@@ -295,6 +622,7 @@ impl State {
             base_version,
             checksum: self.catalog_checksum(),
             zones: vec![zone_delta],
+            routing: None,
         };
         self.remember_change(record, persist);
         self.push_delta(delta.clone());
@@ -495,6 +823,8 @@ impl State {
                 let view = ZoneView {
                     origin: &origin,
                     data,
+                    zones: &self.zones,
+                    routing: &self.routing_objects,
                 };
                 let mutations = match change::apply_batch(&view, batch) {
                     Ok(m) => m,
@@ -578,6 +908,13 @@ impl State {
                 change_id,
                 submitted_ms,
             } => self.import_commit(index, import_id, *chunks, change_id, *submitted_ms, persist),
+            Command::HealthCheckCreate { .. }
+            | Command::HealthCheckDelete { .. }
+            | Command::HealthStatusSet { .. }
+            | Command::CidrCollectionPut { .. }
+            | Command::CidrCollectionDelete { .. } => {
+                self.apply_routing_command(index, command, persist)
+            }
             Command::ImportAbort { import_id, .. } => {
                 if self.imports.contains_key(import_id) {
                     self.drop_import(import_id, false, persist);
@@ -754,6 +1091,8 @@ impl State {
         let view = ZoneView {
             origin: &origin,
             data: &import.data,
+            zones: &self.zones,
+            routing: &self.routing_objects,
         };
         let mutations = match change::apply_batch(&view, batch) {
             Ok(m) => m,
@@ -956,6 +1295,10 @@ mod tests {
                 ttl: 60,
                 rdatas: vec![rdata],
                 set_identifier: None,
+                policy: None,
+                health_check: None,
+                alias: None,
+                fail_closed: false,
             },
         }
     }

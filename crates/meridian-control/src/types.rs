@@ -25,8 +25,45 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type StorageError = openraft::StorageError<NodeId>;
 
 /// A replicated write.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Command {
+    /// Registers a health check. Until probing decides, its verdict is "no data" (healthy, as
+    /// Route 53) unless an operator sets one with `HealthStatusSet`.
+    HealthCheckCreate {
+        id: String,
+        caller_reference: String,
+        /// Route 53 `HealthCheckConfig`, JSON, as validated by the proposer.
+        config: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
+    /// Removes a health check no record set uses.
+    HealthCheckDelete {
+        id: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
+    /// Operator verdict for a check: `Some` forces healthy/unhealthy, `None` returns it to
+    /// automatic (no data until probes exist).
+    HealthStatusSet {
+        id: String,
+        healthy: Option<bool>,
+        change_id: String,
+        submitted_ms: u64,
+    },
+    /// Creates or replaces a CIDR collection whole (IP-based routing).
+    CidrCollectionPut {
+        name: String,
+        blocks: Vec<meridian_core::policy::CidrBlock>,
+        change_id: String,
+        submitted_ms: u64,
+    },
+    /// Removes a CIDR collection no record set uses.
+    CidrCollectionDelete {
+        name: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
     CreateZone {
         name: Name,
         caller_reference: String,
@@ -94,7 +131,12 @@ impl Command {
             Command::CreateZone { change_id, .. }
             | Command::DeleteZone { change_id, .. }
             | Command::ChangeBatch { change_id, .. }
-            | Command::ImportCommit { change_id, .. } => change_id,
+            | Command::ImportCommit { change_id, .. }
+            | Command::HealthCheckCreate { change_id, .. }
+            | Command::HealthCheckDelete { change_id, .. }
+            | Command::HealthStatusSet { change_id, .. }
+            | Command::CidrCollectionPut { change_id, .. }
+            | Command::CidrCollectionDelete { change_id, .. } => change_id,
             Command::ImportBegin { .. }
             | Command::ImportChunk { .. }
             | Command::ImportAbort { .. } => "",
@@ -125,6 +167,8 @@ impl Command {
             Command::CreateZone { soa, ns, .. } => {
                 soa.len() * 4 + ns.iter().map(|n| n.len() * 4).sum::<usize>()
             }
+            Command::HealthCheckCreate { config, .. } => config.len() * 2,
+            Command::CidrCollectionPut { blocks, .. } => blocks.len() * 96,
             _ => 0,
         }
     }

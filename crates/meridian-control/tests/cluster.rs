@@ -151,6 +151,10 @@ fn upsert(m: &Member, label: &str, last_octet: u8) -> Command {
                     ttl: 60,
                     rdatas: vec![vec![192, 0, 2, last_octet]],
                     set_identifier: None,
+                    policy: None,
+                    health_check: None,
+                    alias: None,
+                    fail_closed: false,
                 },
             }],
         },
@@ -223,6 +227,10 @@ async fn three_nodes_replicate_survive_leader_loss_and_restart() {
                     ttl: 60,
                     rdatas: vec![vec![192, 0, 2, 99]],
                     set_identifier: None,
+                    policy: None,
+                    health_check: None,
+                    alias: None,
+                    fail_closed: false,
                 },
             }],
         },
@@ -480,6 +488,10 @@ fn import_chunk(import_id: &str, seq: u64, first: usize, count: usize) -> Comman
                     rd
                 }],
                 set_identifier: None,
+                policy: None,
+                health_check: None,
+                alias: None,
+                fail_closed: false,
             },
         })
         .collect();

@@ -5,13 +5,19 @@
 //! caller's [`Scratch`]. Every outcome is a reply length or "send nothing"; nothing here panics on
 //! input (the fuzz target holds us to that).
 
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::catalog::Catalog;
 use crate::name::{self, NAME_BYTES_MAX, NAME_LABELS_MAX};
+use crate::policy::{self, Environment, GeoLookup, Location, MULTIVALUE_ANSWERS_MAX};
 use crate::query::{
     self, CLASS_CH, CLASS_IN, Edns, HEADER_BYTES, Malformed, OPCODE_NOTIFY, OPCODE_QUERY,
     OPCODE_UPDATE, Query, QueryBuffers,
 };
 use crate::rdata::RType;
+use crate::routed::{self, ROUTED_TTL};
 use crate::writer::{Full, Section, Writer};
 use crate::zone::{NodeRef, RRsetRef, Zone, flags};
 
@@ -54,12 +60,28 @@ pub enum Transport {
 }
 
 /// What the answer engine needs besides the catalog.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Shown in NSID and CHAOS `id.server` / `hostname.bind`; empty disables both.
     pub identity: Vec<u8>,
     /// Largest UDP answer we send even when the client offers more.
     pub udp_payload_max: u16,
+    /// Where clients are, for geolocation and geoproximity (none: those policies answer their
+    /// default, or NODATA).
+    pub geo: Option<Arc<dyn GeoLookup>>,
+    /// This POP's RTT to each region, for latency records (until probes measure them).
+    pub region_rtt_ms: Vec<(String, u32)>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("identity", &String::from_utf8_lossy(&self.identity))
+            .field("udp_payload_max", &self.udp_payload_max)
+            .field("geo", &self.geo.is_some())
+            .field("region_rtt_ms", &self.region_rtt_ms)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -67,14 +89,29 @@ impl Default for ServerConfig {
         ServerConfig {
             identity: Vec::new(),
             udp_payload_max: UDP_PAYLOAD_DEFAULT,
+            geo: None,
+            region_rtt_ms: Vec::new(),
         }
     }
 }
 
 /// Per-worker scratch space, reused for every query.
-#[derive(Default)]
 pub struct Scratch {
     query: QueryBuffers,
+    /// Per-worker PRNG state for weighted and multivalue draws (SplitMix64).
+    rng: u64,
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        // Distinct streams per worker; no clock, so the core stays deterministic given its
+        // inputs (tests seed through the query ids they send).
+        static STREAMS: AtomicU64 = AtomicU64::new(0x243f_6a88_85a3_08d3);
+        Scratch {
+            query: QueryBuffers::default(),
+            rng: STREAMS.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed),
+        }
+    }
 }
 
 /// The result of answering: bytes to send, or nothing. Carries the rcode for metrics.
@@ -88,14 +125,19 @@ struct Flags {
     rcode: u16,
     aa: bool,
     tc: bool,
+    /// A routing decision depended on the client's address (ECS scope, RFC 7871 §7.2.1).
+    used_location: bool,
 }
 
 /// Answers one query packet into `out` (at least [`UDP_PLAIN_BYTES_MAX`] bytes; 65535 for TCP).
+/// `client` is the query's source address: routing decisions use it when the query carries no
+/// EDNS Client Subnet.
 pub fn respond(
     catalog: &Catalog,
     config: &ServerConfig,
     packet: &[u8],
     transport: Transport,
+    client: IpAddr,
     scratch: &mut Scratch,
     out: &mut [u8],
 ) -> Outcome {
@@ -118,7 +160,16 @@ pub fn respond(
         Some(e) if e.nsid && !identity.is_empty() => 4 + identity.len(),
         _ => 0,
     };
-    let opt_bytes = if q.edns.is_some() { 11 + nsid_bytes } else { 0 };
+    // ECS echoed with its scope (RFC 7871 §7.2.1): family, prefixes, the source address bytes.
+    let ecs_bytes = match q.edns.and_then(|e| e.ecs) {
+        Some(ecs) => 8 + ecs.address_len(),
+        None => 0,
+    };
+    let opt_bytes = if q.edns.is_some() {
+        11 + nsid_bytes + ecs_bytes
+    } else {
+        0
+    };
     let start = HEADER_BYTES + q.question.len();
     if start + opt_bytes > limit {
         return formerr(packet, q.edns, config.udp_payload_max, out);
@@ -143,7 +194,23 @@ pub fn respond(
         plain(rcode::NOTAUTH)
     } else {
         match q.qclass {
-            CLASS_IN => answer_in(catalog, &q, qname, transport, &mut w),
+            CLASS_IN => {
+                scratch.rng ^= u64::from(q.id);
+                let mut env = QueryEnv {
+                    catalog,
+                    geo: config.geo.as_deref(),
+                    region_rtt_ms: &config.region_rtt_ms,
+                    // ECS /0: the resolver asks us not to tailor by client (RFC 7871 §7.1.2).
+                    client: q
+                        .edns
+                        .and_then(|e| e.ecs)
+                        .filter(|e| e.source_prefix > 0)
+                        .map_or(client, |e| e.ip()),
+                    rng: &mut scratch.rng,
+                    used_location: false,
+                };
+                answer_in(catalog, &q, qname, transport, &mut env, &mut w)
+            }
             CLASS_CH => answer_chaos(identity, &q, qname, &mut w),
             _ => plain(rcode::REFUSED),
         }
@@ -151,7 +218,7 @@ pub fn respond(
     if let Some(e) = q.edns {
         w.set_limit(limit);
         let ext = (result.rcode >> 4) as u8;
-        let mut opt = [0u8; 11 + 4 + IDENTITY_BYTES_MAX];
+        let mut opt = [0u8; 11 + 4 + IDENTITY_BYTES_MAX + 8 + 16];
         opt[1..3].copy_from_slice(&RType::OPT.0.to_be_bytes());
         opt[3..5].copy_from_slice(&config.udp_payload_max.to_be_bytes());
         opt[5] = ext;
@@ -163,6 +230,23 @@ pub fn respond(
             opt[13..15].copy_from_slice(&(identity.len() as u16).to_be_bytes());
             opt[15..15 + identity.len()].copy_from_slice(identity);
             rdlen = nsid_bytes;
+        }
+        if let Some(ecs) = e.ecs {
+            let at = 11 + rdlen;
+            let addr_len = ecs.address_len();
+            opt[at..at + 2].copy_from_slice(&query::EDNS_OPTION_ECS.to_be_bytes());
+            opt[at + 2..at + 4].copy_from_slice(&((4 + addr_len) as u16).to_be_bytes());
+            opt[at + 4..at + 6].copy_from_slice(&ecs.family.to_be_bytes());
+            opt[at + 6] = ecs.source_prefix;
+            // Scope: the whole source prefix when the answer was chosen by client location,
+            // 0 (valid for every client) otherwise.
+            opt[at + 7] = if result.used_location && ecs.source_prefix > 0 {
+                ecs.source_prefix
+            } else {
+                0
+            };
+            opt[at + 8..at + 8 + addr_len].copy_from_slice(&ecs.address[..addr_len]);
+            rdlen += ecs_bytes;
         }
         opt[9..11].copy_from_slice(&(rdlen as u16).to_be_bytes());
         w.raw(Section::Additional, &opt[..11 + rdlen])
@@ -193,6 +277,7 @@ fn plain(rcode: u16) -> Flags {
         rcode,
         aa: false,
         tc: false,
+        used_location: false,
     }
 }
 
@@ -282,6 +367,7 @@ fn answer_chaos(identity: &[u8], q: &Query, qname: &[u8], w: &mut Writer) -> Fla
             rcode: rcode::NOERROR,
             aa: true,
             tc: false,
+            used_location: false,
         };
     }
     let mut rdata = [0u8; 1 + IDENTITY_BYTES_MAX];
@@ -301,6 +387,7 @@ fn answer_chaos(identity: &[u8], q: &Query, qname: &[u8], w: &mut Writer) -> Fla
         rcode: rcode::NOERROR,
         aa: true,
         tc,
+        used_location: false,
     }
 }
 
@@ -378,11 +465,12 @@ struct Additional<'z> {
     cut: Option<&'z [u8]>,
 }
 
-fn answer_in(
-    catalog: &Catalog,
+fn answer_in<'z>(
+    catalog: &'z Catalog,
     q: &Query,
     qname: &[u8],
     transport: Transport,
+    env: &mut QueryEnv<'z, '_>,
     w: &mut Writer,
 ) -> Flags {
     if matches!(q.qtype, RType::AXFR | RType::IXFR) {
@@ -413,6 +501,7 @@ fn answer_in(
         rcode: rcode::NOERROR,
         aa: true,
         tc: false,
+        used_location: false,
     };
     let mut extra = Additional {
         sources: [None; ADDITIONAL_SOURCES_MAX],
@@ -434,7 +523,11 @@ fn answer_in(
                     if q.qtype == RType::ANY && !node.is_empty_non_terminal() {
                         // RFC 8482 §4.2: over UDP one RRset is enough; over TCP give them all.
                         for set in node.rrsets() {
-                            rrset(w, Section::Answer, sname, &set)?;
+                            if set.ttl == ROUTED_TTL {
+                                routed_answer(env, w, sname, set)?;
+                            } else {
+                                rrset(w, Section::Answer, sname, &set)?;
+                            }
                             if transport == Transport::Udp {
                                 break;
                             }
@@ -442,6 +535,12 @@ fn answer_in(
                         return Ok(());
                     }
                     if let Some(set) = node.rrset(q.qtype) {
+                        if set.ttl == ROUTED_TTL {
+                            if routed_answer(env, w, sname, set)? == 0 {
+                                return negative(w, zone);
+                            }
+                            return Ok(());
+                        }
                         rrset(w, Section::Answer, sname, &set)?;
                         if matches!(q.qtype, RType::MX | RType::SRV | RType::NS)
                             && extra.count < ADDITIONAL_SOURCES_MAX
@@ -457,9 +556,17 @@ fn answer_in(
                             return Ok(());
                         }
                         visited[links] = node.name();
-                        let set = node
+                        let mut set = node
                             .rrset(RType::CNAME)
                             .expect("CNAME flag implies a CNAME RRset");
+                        if set.ttl == ROUTED_TTL {
+                            let mut picked = Picked::default();
+                            pick(env, set, 0, &mut picked);
+                            match picked.sets[0] {
+                                Some(chosen) if picked.len > 0 => set = chosen,
+                                _ => return negative(w, zone),
+                            }
+                        }
                         rrset(w, Section::Answer, sname, &set)?;
                         let target = set.first().unwrap_or(&[0]);
                         if !follow(zone, target, &mut links, &mut sname_buf, &mut sname_len) {
@@ -521,6 +628,7 @@ fn answer_in(
             }
         }
     })();
+    result.used_location = env.used_location;
     if outcome.is_err() {
         w.rollback(start);
         result.tc = true;
@@ -606,7 +714,8 @@ fn additional(w: &mut Writer, zone: &Zone, extra: &Additional) -> Result<(), Ful
                 .cut
                 .is_some_and(|cut| name::is_subdomain(node.name(), cut));
             for rtype in [RType::A, RType::AAAA] {
-                let Some(glue) = node.rrset(rtype) else {
+                // Routed addresses are chosen per query for the names asked, not as extras.
+                let Some(glue) = node.rrset(rtype).filter(|g| g.ttl != ROUTED_TTL) else {
                     continue;
                 };
                 let mark = w.mark();
@@ -620,4 +729,136 @@ fn additional(w: &mut Writer, zone: &Zone, extra: &Additional) -> Result<(), Ful
         }
     }
     Ok(())
+}
+
+/// What routing decisions consult while answering one query.
+struct QueryEnv<'z, 's> {
+    catalog: &'z Catalog,
+    geo: Option<&'z dyn GeoLookup>,
+    region_rtt_ms: &'z [(String, u32)],
+    /// The ECS address when given, else the query's source.
+    client: IpAddr,
+    rng: &'s mut u64,
+    used_location: bool,
+}
+
+impl Environment for QueryEnv<'_, '_> {
+    fn healthy(&self, check: &str) -> Option<bool> {
+        self.catalog.routing().health.get(check).copied()
+    }
+    fn location(&self) -> Option<Location<&str>> {
+        self.geo?.locate(self.client)
+    }
+    fn cidr_location(&self, collection: &str) -> Option<&str> {
+        self.catalog
+            .routing()
+            .cidr_location(collection, self.client)
+    }
+    fn rtt_ms(&self, region: &str) -> Option<u32> {
+        self.region_rtt_ms
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, ms)| *ms)
+    }
+    fn random(&mut self) -> u64 {
+        // SplitMix64.
+        *self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// Plain RRsets a routing decision chose (aliases resolved), at most a multivalue answer's worth.
+#[derive(Default)]
+struct Picked<'z> {
+    sets: [Option<RRsetRef<'z>>; MULTIVALUE_ANSWERS_MAX],
+    len: usize,
+}
+
+/// Decides a routed group and collects the plain RRsets that answer, following aliases (to any
+/// zone of the catalog) up to [`routed::ALIAS_DEPTH_MAX`] deep.
+fn pick<'z>(env: &mut QueryEnv<'z, '_>, set: RRsetRef<'z>, depth: usize, out: &mut Picked<'z>) {
+    if depth > routed::ALIAS_DEPTH_MAX {
+        return;
+    }
+    let catalog = env.catalog;
+    let rtype = set.rtype;
+    let candidates = routed::variants(&set).map(move |v| {
+        let target_ok = match v.alias {
+            Some((target, true)) => target_healthy(catalog, target, rtype, depth + 1),
+            _ => true,
+        };
+        v.candidate(target_ok)
+    });
+    let chosen = policy::decide_iter(candidates, env, routed::fails_closed(&set), None);
+    env.used_location |= chosen.used_location;
+    for &i in chosen.as_slice() {
+        let Some(v) = routed::variants(&set).nth(i as usize) else {
+            continue;
+        };
+        match v.alias {
+            None => {
+                if out.len < out.sets.len() {
+                    out.sets[out.len] = Some(v.rrset(rtype));
+                    out.len += 1;
+                }
+            }
+            Some((target, _)) => {
+                if let Some(target_set) = alias_target(catalog, target, rtype) {
+                    if target_set.ttl == ROUTED_TTL {
+                        pick(env, target_set, depth + 1, out);
+                    } else if out.len < out.sets.len() {
+                        out.sets[out.len] = Some(target_set);
+                        out.len += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The RRset of `rtype` at `target` (lowercase wire name) in whichever zone holds it.
+fn alias_target<'z>(catalog: &'z Catalog, target: &[u8], rtype: RType) -> Option<RRsetRef<'z>> {
+    catalog.find(target, false)?.node(target)?.rrset(rtype)
+}
+
+/// Route 53's EvaluateTargetHealth: a target is healthy when it exists and, if routed, has at
+/// least one healthy variant.
+fn target_healthy(catalog: &Catalog, target: &[u8], rtype: RType, depth: usize) -> bool {
+    if depth > routed::ALIAS_DEPTH_MAX {
+        return false;
+    }
+    let Some(set) = alias_target(catalog, target, rtype) else {
+        return false;
+    };
+    if set.ttl != ROUTED_TTL {
+        return true;
+    }
+    routed::variants(&set).any(|v| {
+        let own = v
+            .health_check
+            .is_none_or(|id| catalog.routing().health.get(id) != Some(&false));
+        own && match v.alias {
+            Some((t, true)) => target_healthy(catalog, t, rtype, depth + 1),
+            _ => true,
+        }
+    })
+}
+
+/// Writes the answer of a routed group under `owner`; returns how many RRsets were written
+/// (0: NODATA).
+fn routed_answer<'z>(
+    env: &mut QueryEnv<'z, '_>,
+    w: &mut Writer,
+    owner: &[u8],
+    set: RRsetRef<'z>,
+) -> Result<usize, Full> {
+    let mut picked = Picked::default();
+    pick(env, set, 0, &mut picked);
+    for chosen in picked.sets[..picked.len].iter().flatten() {
+        rrset(w, Section::Answer, owner, chosen)?;
+    }
+    Ok(picked.len)
 }

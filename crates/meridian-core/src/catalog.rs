@@ -1,10 +1,55 @@
-//! The catalog: every zone an edge serves, immutable once built; the edge swaps whole catalogs.
+//! The catalog: every zone an edge serves, and what routing decisions read besides zones
+//! (health verdicts, CIDR collections); immutable once built; the edge swaps whole catalogs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::name::Name;
+use crate::policy::{self, CidrBlock};
 use crate::zone::Zone;
+
+/// Health checks whose verdicts a catalog carries (Route 53's default quota is 200 per account;
+/// we allow far more, bounded so the routing state stays a small message).
+pub const HEALTH_CHECKS_MAX: usize = 100_000;
+/// CIDR collections (Route 53: 5) and blocks per collection (Route 53: 1,000 per location).
+pub const CIDR_COLLECTIONS_MAX: usize = 1_000;
+pub const CIDR_BLOCKS_MAX: usize = 100_000;
+
+/// What routing decisions read besides zones. Small and replaced whole when it changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoutingState {
+    /// Health check id → healthy. A check without a verdict yet is absent (treated healthy).
+    pub health: BTreeMap<String, bool>,
+    /// CIDR collection name → its blocks (location names in each block).
+    pub cidr: BTreeMap<String, Vec<CidrBlock>>,
+}
+
+impl RoutingState {
+    /// Stable checksum (FNV-1a over a canonical form); 0 when empty, so a catalog without
+    /// routing state has the checksum it always had.
+    pub fn checksum(&self) -> u64 {
+        let mut text = String::new();
+        for (id, healthy) in &self.health {
+            text.push_str(&format!("h {id} {}\n", u8::from(*healthy)));
+        }
+        for (name, blocks) in &self.cidr {
+            for b in blocks {
+                text.push_str(&format!("c {name} {b} {}\n", b.location));
+            }
+        }
+        // An empty collection contributes nothing: edges receive blocks, not collections.
+        if text.is_empty() {
+            return 0;
+        }
+        crate::zone::rrset_checksum(text.as_bytes(), crate::rdata::RType(0), 0, [])
+    }
+
+    /// The location name of `ip` in a collection (longest prefix wins).
+    pub fn cidr_location(&self, collection: &str, ip: IpAddr) -> Option<&str> {
+        policy::cidr_location(self.cidr.get(collection)?, ip)
+    }
+}
 
 /// Zones per catalog: bounds memory and the per-query zone search (by label count, not zones).
 pub const CATALOG_ZONES_MAX: usize = 1_000_000;
@@ -13,6 +58,8 @@ pub const CATALOG_ZONES_MAX: usize = 1_000_000;
 pub struct Catalog {
     /// Lowercase origin wire name → zone.
     zones: HashMap<Box<[u8]>, Arc<Zone>, foldhash::fast::FixedState>,
+    /// Health verdicts and CIDR collections, shared between catalog versions.
+    routing: Arc<RoutingState>,
 }
 
 impl Catalog {
@@ -41,6 +88,14 @@ impl Catalog {
         self.zones.get(origin.to_lowercase().wire())
     }
 
+    pub fn routing(&self) -> &Arc<RoutingState> {
+        &self.routing
+    }
+
+    pub fn set_routing(&mut self, routing: Arc<RoutingState>) {
+        self.routing = routing;
+    }
+
     pub fn len(&self) -> usize {
         self.zones.len()
     }
@@ -59,6 +114,7 @@ impl Catalog {
             .values()
             .map(|z| crate::zone::zone_checksum_term(z.origin().wire(), z.checksum()))
             .fold(0u64, u64::wrapping_add)
+            .wrapping_add(self.routing.checksum())
     }
 
     /// The zone with the longest origin that `lower_qname` lies in (a suffix of it).

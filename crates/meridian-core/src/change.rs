@@ -18,8 +18,14 @@
 //!   `mail.example.net.<origin>` (that would silently break every CNAME to another domain).
 //! - Route 53 writes `\ooo` escapes in **octal** (`\052` is `*`, as `list-resource-record-sets`
 //!   prints wildcards); RFC 1035 zone files write them in decimal. This format follows Route 53.
-//! - Routing-policy fields (`SetIdentifier`, `Weight`, `AliasTarget`, …) are read and checked for
-//!   shape, then refused with [`ChangeError::NotSupportedYet`] until routing policies exist.
+//! - Routing policies: a set with a `SetIdentifier` (weighted, failover, multivalue, latency,
+//!   geolocation, geoproximity, IP-based) or an `AliasTarget` is a *variant*; the variants of one
+//!   name and type are stored together as one routed RRset (see [`crate::routed`]). A change
+//!   addresses one variant by its set identifier; the group as the batch leaves it is validated
+//!   whole (one policy kind, unique identifiers, ranges, known health checks, alias targets that
+//!   exist, no alias cycles). `HostedZoneId` of an alias target is not checked: the target is
+//!   found by name in whichever hosted zone holds it. `FailClosed: true` is our extension.
+//! - `TrafficPolicyInstanceId` is refused: policy trees are ordinary aliased record sets here.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -28,7 +34,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::name::{self, Name};
+use crate::policy::{self, Candidate, Coordinates, FailoverRole, GeoKey, Policy, PolicyError};
 use crate::rdata::{self, RType};
+use crate::routed::{self, ROUTED_TTL};
 use crate::{Error, zone, zonefile};
 
 /// Changes in one batch. Route 53 takes 1,000 records per request; ten times that lets a tool
@@ -80,8 +88,9 @@ impl fmt::Display for Action {
     }
 }
 
-/// All the records of one name and type (RFC 2181 §5: an RRset shares its TTL).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// All the records of one name and type (RFC 2181 §5: an RRset shares its TTL), or, with a set
+/// identifier or an alias target, one variant of a routed group (Route 53's record set).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecordSet {
     /// Owner name, absolute and lowercase: the key sets are stored and compared by.
     pub name: Name,
@@ -91,21 +100,44 @@ pub struct RecordSet {
     /// Each record's RDATA in uncompressed wire format, as [`rdata::parse_rdata`] gives it.
     pub rdatas: Vec<Vec<u8>>,
     /// Route 53's `SetIdentifier`, which tells apart the sets of one name and type inside a
-    /// routing policy. Always `None` until routing policies exist ([`apply_batch`] refuses it).
+    /// routing policy.
     // No `skip_serializing_if`: binary encodings need every field present.
     #[serde(default)]
     pub set_identifier: Option<String>,
+    /// The routing policy; present exactly when `set_identifier` is.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// Route 53's `HealthCheckId`: the check whose verdict makes this variant usable.
+    #[serde(default)]
+    pub health_check: Option<String>,
+    /// Route 53's `AliasTarget`: answer with the target's records (then `rdatas` is empty and
+    /// `ttl` unused: the target's TTL applies).
+    #[serde(default)]
+    pub alias: Option<AliasTarget>,
+    /// When every variant of the group is unhealthy, answer NODATA instead of failing open.
+    #[serde(default)]
+    pub fail_closed: bool,
+}
+
+/// Where an alias points: a name holding a set of the alias's type, in any hosted zone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasTarget {
+    /// Absolute, lowercase.
+    pub name: Name,
+    /// Route 53's `EvaluateTargetHealth`: the alias is unhealthy when its target has no
+    /// healthy answer.
+    pub evaluate_target_health: bool,
 }
 
 /// One change of a batch.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     pub action: Action,
     pub record_set: RecordSet,
 }
 
 /// Changes to one zone, applied together or not at all.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChangeBatch {
     /// Free text from the operator, kept with the change (Route 53's `Comment`).
     pub comment: String,
@@ -114,7 +146,7 @@ pub struct ChangeBatch {
 
 /// One step of carrying out a valid batch: the state after every step is a valid zone (see
 /// [`apply_batch`] for the order).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Mutation {
     /// Store this set, replacing any set of the same name and type.
     Put(RecordSet),
@@ -148,6 +180,23 @@ pub trait ZoneState {
     /// one above every name a batch writes (most zones have none); `true` is always correct.
     fn may_have_dname(&self) -> bool {
         true
+    }
+    /// Whether the set of this name and type is a routed group (see [`crate::routed`]).
+    fn routed_at(&self, name: &Name, rtype: RType) -> bool {
+        self.get(name, rtype).is_some_and(|s| s.ttl == ROUTED_TTL)
+    }
+    /// Whether a health check with this id exists (routed sets may name only those).
+    fn health_check_exists(&self, _id: &str) -> bool {
+        false
+    }
+    /// Whether a CIDR collection with this name exists (IP-based sets may name only those).
+    fn cidr_collection_exists(&self, _name: &str) -> bool {
+        false
+    }
+    /// The set of this name and type in whichever hosted zone holds the name: where an alias
+    /// in this zone may point. This zone's own sets are asked through [`ZoneState::get`].
+    fn resolve(&self, _name: &Name, _rtype: RType) -> Option<RecordSet> {
+        None
     }
 }
 
@@ -304,6 +353,75 @@ pub enum ChangeError {
         rtype: RType,
         detail: &'static str,
     },
+    #[error("changes[{change_idx}]: {field}: {reason}")]
+    PolicyFieldInvalid {
+        change_idx: usize,
+        field: &'static str,
+        reason: String,
+    },
+    #[error(
+        "changes[{change_idx}]: {name} {rtype}: {rtype} sets cannot have a routing policy or an alias"
+    )]
+    RoutingNotAllowed {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+    },
+    #[error(
+        "changes[{change_idx}]: {name} {rtype}: a simple set and routed sets (set identifier or \
+         alias) cannot share a name and type; delete one kind first"
+    )]
+    SimpleAndRouted {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+    },
+    #[error(
+        "changes[{change_idx}]: cannot create {name} {rtype} set {set_identifier:?}: it already exists"
+    )]
+    VariantExists {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+        set_identifier: String,
+    },
+    #[error(
+        "changes[{change_idx}]: cannot delete {name} {rtype} set {set_identifier:?}: it does not exist"
+    )]
+    VariantNotFound {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+        set_identifier: String,
+    },
+    #[error("changes[{change_idx}]: {name} {rtype}: {error}")]
+    Policy {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+        error: Box<PolicyError>,
+    },
+    #[error("changes[{change_idx}]: health check {id:?} does not exist")]
+    HealthCheckUnknown { change_idx: usize, id: String },
+    #[error("changes[{change_idx}]: CIDR collection {name:?} does not exist")]
+    CidrCollectionUnknown { change_idx: usize, name: String },
+    #[error("changes[{change_idx}]: {name} {rtype}: alias target {target} {rtype} does not exist")]
+    AliasTargetMissing {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+        target: Name,
+    },
+    #[error(
+        "changes[{change_idx}]: {name} {rtype}: aliases from here loop or nest deeper than {} (through {target})",
+        routed::ALIAS_DEPTH_MAX
+    )]
+    AliasCycle {
+        change_idx: usize,
+        name: Name,
+        rtype: RType,
+        target: Name,
+    },
     #[error("the zone would hold {count} record sets; the limit is {ZONE_RECORD_SETS_MAX}")]
     ZoneRecordSetsTooMany { count: usize },
     #[error(
@@ -345,6 +463,16 @@ impl ChangeError {
             ChangeError::AlreadyExists { .. } => "AlreadyExists",
             ChangeError::NotFound { .. } => "NotFound",
             ChangeError::DeleteMismatch { .. } => "DeleteMismatch",
+            ChangeError::PolicyFieldInvalid { .. } => "PolicyFieldInvalid",
+            ChangeError::RoutingNotAllowed { .. } => "RoutingNotAllowed",
+            ChangeError::SimpleAndRouted { .. } => "SimpleAndRouted",
+            ChangeError::VariantExists { .. } => "VariantExists",
+            ChangeError::VariantNotFound { .. } => "VariantNotFound",
+            ChangeError::Policy { .. } => "Policy",
+            ChangeError::HealthCheckUnknown { .. } => "HealthCheckUnknown",
+            ChangeError::CidrCollectionUnknown { .. } => "CidrCollectionUnknown",
+            ChangeError::AliasTargetMissing { .. } => "AliasTargetMissing",
+            ChangeError::AliasCycle { .. } => "AliasCycle",
             ChangeError::ZoneRecordSetsTooMany { .. } => "ZoneRecordSetsTooMany",
             ChangeError::ZoneRecordsTooMany { .. } => "ZoneRecordsTooMany",
         }
@@ -375,7 +503,17 @@ impl ChangeError {
             | ChangeError::BelowDname { change_idx, .. }
             | ChangeError::AlreadyExists { change_idx, .. }
             | ChangeError::NotFound { change_idx, .. }
-            | ChangeError::DeleteMismatch { change_idx, .. } => Some(change_idx),
+            | ChangeError::DeleteMismatch { change_idx, .. }
+            | ChangeError::PolicyFieldInvalid { change_idx, .. }
+            | ChangeError::RoutingNotAllowed { change_idx, .. }
+            | ChangeError::SimpleAndRouted { change_idx, .. }
+            | ChangeError::VariantExists { change_idx, .. }
+            | ChangeError::VariantNotFound { change_idx, .. }
+            | ChangeError::Policy { change_idx, .. }
+            | ChangeError::HealthCheckUnknown { change_idx, .. }
+            | ChangeError::CidrCollectionUnknown { change_idx, .. }
+            | ChangeError::AliasTargetMissing { change_idx, .. }
+            | ChangeError::AliasCycle { change_idx, .. } => Some(change_idx),
             ChangeError::BatchTooLarge { .. }
             | ChangeError::Syntax { .. }
             | ChangeError::BatchEmpty
@@ -401,6 +539,8 @@ struct Touched {
     before_records: Option<usize>,
     /// The set as the batch leaves it so far (`None`: absent).
     after: Option<RecordSet>,
+    /// Routed changes: per set identifier, the first and last change and the last action.
+    variants: HashMap<Option<String>, (usize, usize, Action)>,
 }
 
 /// The zone as modified by the changes validated so far: the base state plus what they touched.
@@ -507,12 +647,6 @@ fn check_change<Z: ZoneState + ?Sized>(
     let set = &change.record_set;
     let action = change.action;
     let rtype = set.rtype;
-    if set.set_identifier.is_some() {
-        return Err(ChangeError::NotSupportedYet {
-            change_idx,
-            field: "SetIdentifier",
-        });
-    }
     let name = set.name.to_lowercase();
     if !name.is_subdomain_of(origin) {
         return Err(ChangeError::NameOutsideZone {
@@ -525,10 +659,14 @@ fn check_change<Z: ZoneState + ?Sized>(
         return Err(ChangeError::TypeMeta { change_idx, rtype });
     }
     let key = (name, rtype);
+    if routed::is_routed(set) {
+        return check_routed_change(overlay, origin, change_idx, change, key);
+    }
     if let Some(t) = overlay.touched.get(&key) {
-        // Route 53's replace idiom, DELETE then CREATE, is the one repeat with a clear meaning.
-        let replace = t.first_idx == t.last_idx
-            && t.last_action == Action::Delete
+        // Route 53's replace idiom, DELETE then CREATE, is the one repeat with a clear meaning;
+        // a routed group emptied by this batch may become a simple set too.
+        let replace = (t.first_idx == t.last_idx || !t.variants.is_empty())
+            && t.after.is_none()
             && action == Action::Create;
         if !replace {
             return Err(ChangeError::ChangedTwice {
@@ -558,6 +696,17 @@ fn check_change<Z: ZoneState + ?Sized>(
         });
     }
     check_contents(change_idx, name, set, action != Action::Delete)?;
+    let routed_now = match overlay.touched.get(&key) {
+        Some(t) => t.after.as_ref().is_some_and(|s| s.ttl == ROUTED_TTL),
+        None => overlay.base.routed_at(name, rtype),
+    };
+    if routed_now {
+        return Err(ChangeError::SimpleAndRouted {
+            change_idx,
+            name: name.clone(),
+            rtype,
+        });
+    }
 
     // Only a DELETE compares the current set; the others need to know whether it exists.
     let (current, current_records) = match overlay.touched.get(&key) {
@@ -607,7 +756,33 @@ fn check_change<Z: ZoneState + ?Sized>(
         ttl: set.ttl,
         rdatas: set.rdatas.clone(),
         set_identifier: None,
+        policy: None,
+        health_check: None,
+        alias: None,
+        fail_closed: false,
     });
+    record_touch(
+        overlay,
+        key,
+        change_idx,
+        action,
+        current_records,
+        after,
+        None,
+    );
+    Ok(())
+}
+
+/// Records what a change did to (name, type) in the overlay.
+fn record_touch<Z: ZoneState + ?Sized>(
+    overlay: &mut Overlay<'_, Z>,
+    key: (Name, RType),
+    change_idx: usize,
+    action: Action,
+    current_records: Option<usize>,
+    after: Option<RecordSet>,
+    variant: Option<Option<String>>,
+) {
     match overlay.touched.get_mut(&key) {
         Some(t) => {
             t.last_idx = change_idx;
@@ -623,13 +798,339 @@ fn check_change<Z: ZoneState + ?Sized>(
                     last_action: action,
                     before_records: current_records,
                     after,
+                    variants: HashMap::new(),
                 },
             );
-            overlay.order.push(key);
+            overlay.order.push(key.clone());
+        }
+    }
+    if let Some(id) = variant {
+        let t = overlay.touched.get_mut(&key).expect("just touched");
+        let entry = t
+            .variants
+            .entry(id)
+            .or_insert((change_idx, change_idx, action));
+        entry.1 = change_idx;
+        entry.2 = action;
+    }
+}
+
+/// Types whose sets cannot be routed: the zone's own structure (SOA, NS, DNAME) and what a
+/// parent or a validator reads as one set (DS, DNSSEC records).
+fn routing_allowed(rtype: RType) -> bool {
+    !matches!(
+        rtype,
+        RType::SOA | RType::NS | RType::DNAME | RType::DS | RType::RRSIG | RType::NSEC
+    )
+}
+
+/// A change to one variant of a routed group (a set with a set identifier, or an alias).
+fn check_routed_change<Z: ZoneState + ?Sized>(
+    overlay: &mut Overlay<'_, Z>,
+    origin: &Name,
+    change_idx: usize,
+    change: &Change,
+    key: (Name, RType),
+) -> Result<(), ChangeError> {
+    let set = &change.record_set;
+    let action = change.action;
+    let (name, rtype) = (&key.0, key.1);
+    if !routing_allowed(rtype) {
+        return Err(ChangeError::RoutingNotAllowed {
+            change_idx,
+            name: name.clone(),
+            rtype,
+        });
+    }
+    if rtype == RType::CNAME && name == origin && action != Action::Delete {
+        return Err(ChangeError::CnameAtApex {
+            change_idx,
+            name: name.clone(),
+        });
+    }
+    if set.alias.is_none() {
+        check_contents(change_idx, name, set, action != Action::Delete)?;
+    }
+    let id = set.set_identifier.clone();
+    if let Some(t) = overlay.touched.get(&key) {
+        if let Some(&(first, last, last_action)) = t.variants.get(&id) {
+            let replace =
+                first == last && last_action == Action::Delete && action == Action::Create;
+            if !replace {
+                return Err(ChangeError::ChangedTwice {
+                    change_idx,
+                    first_idx: first,
+                    name: name.clone(),
+                    rtype,
+                });
+            }
+        } else if t.variants.is_empty() && t.after.is_some() {
+            // A simple set this batch wrote: the two kinds cannot share the name and type.
+            return Err(ChangeError::SimpleAndRouted {
+                change_idx,
+                name: name.clone(),
+                rtype,
+            });
+        }
+    }
+    let current = match overlay.touched.get(&key) {
+        Some(t) => t.after.clone(),
+        None => overlay.base.get(name, rtype),
+    };
+    let current_records = current.as_ref().map(|s| s.rdatas.len());
+    let mut variants = match &current {
+        None => Vec::new(),
+        Some(c) if c.ttl == ROUTED_TTL => routed::to_record_sets(name, rtype, &c.rdatas),
+        Some(_) => {
+            return Err(ChangeError::SimpleAndRouted {
+                change_idx,
+                name: name.clone(),
+                rtype,
+            });
+        }
+    };
+    let label = || id.clone().unwrap_or_else(|| "(alias)".into());
+    let pos = variants.iter().position(|v| v.set_identifier == id);
+    let mut given = set.clone();
+    given.name = name.clone();
+    match (action, pos) {
+        (Action::Create, Some(_)) => {
+            return Err(ChangeError::VariantExists {
+                change_idx,
+                name: name.clone(),
+                rtype,
+                set_identifier: label(),
+            });
+        }
+        (Action::Delete, None) => {
+            return Err(ChangeError::VariantNotFound {
+                change_idx,
+                name: name.clone(),
+                rtype,
+                set_identifier: label(),
+            });
+        }
+        (Action::Delete, Some(i)) => {
+            if let Some(detail) = variant_mismatch(&variants[i], &given) {
+                return Err(ChangeError::DeleteMismatch {
+                    change_idx,
+                    name: name.clone(),
+                    rtype,
+                    detail,
+                });
+            }
+            variants.remove(i);
+        }
+        (_, Some(i)) => variants[i] = given,
+        (_, None) => variants.push(given),
+    }
+    let mut encoded = Vec::with_capacity(variants.len());
+    for v in &variants {
+        let e = routed::encode_variant(v);
+        if e.len() > u16::MAX as usize {
+            return Err(ChangeError::RecordSetTooLarge {
+                change_idx,
+                name: name.clone(),
+                rtype,
+                bytes: e.len(),
+            });
+        }
+        encoded.push(e);
+    }
+    let after = (!encoded.is_empty()).then(|| RecordSet {
+        name: name.clone(),
+        rtype,
+        ttl: ROUTED_TTL,
+        rdatas: encoded,
+        set_identifier: None,
+        policy: None,
+        health_check: None,
+        alias: None,
+        fail_closed: false,
+    });
+    record_touch(
+        overlay,
+        key,
+        change_idx,
+        action,
+        current_records,
+        after,
+        Some(id),
+    );
+    Ok(())
+}
+
+/// Why a DELETE of a variant does not match it, if it does not.
+fn variant_mismatch(current: &RecordSet, given: &RecordSet) -> Option<&'static str> {
+    if current.policy != given.policy {
+        return Some("the routing policy differs");
+    }
+    if current.health_check != given.health_check {
+        return Some("the health check differs");
+    }
+    if current.alias != given.alias {
+        return Some("the alias target differs");
+    }
+    if current.alias.is_some() {
+        return None;
+    }
+    delete_mismatch(current, given)
+}
+
+/// Checks a routed group as the batch leaves it: one valid policy group (or one simple alias),
+/// known health checks, alias targets that exist, no alias loops.
+fn check_group<Z: ZoneState + ?Sized>(
+    overlay: &Overlay<'_, Z>,
+    origin: &Name,
+    change_idx: usize,
+    group: &RecordSet,
+) -> Result<(), ChangeError> {
+    let (name, rtype) = (&group.name, group.rtype);
+    let variants = routed::to_record_sets(name, rtype, &group.rdatas);
+    let policy_err = |error| ChangeError::Policy {
+        change_idx,
+        name: name.clone(),
+        rtype,
+        error: Box::new(error),
+    };
+    let simple = variants
+        .iter()
+        .filter(|v| v.set_identifier.is_none())
+        .count();
+    if simple > 0 && variants.len() > 1 {
+        return Err(ChangeError::SimpleAndRouted {
+            change_idx,
+            name: name.clone(),
+            rtype,
+        });
+    }
+    if simple == 0 {
+        let candidates: Vec<Candidate> = variants
+            .iter()
+            .map(|v| Candidate {
+                set_identifier: v.set_identifier.clone().unwrap_or_default(),
+                policy: v.policy.clone().unwrap_or(Policy::Multivalue),
+                health_check: v.health_check.clone(),
+                target_healthy: true,
+            })
+            .collect();
+        policy::validate(&candidates).map_err(policy_err)?;
+    }
+    for v in &variants {
+        if let Some(id) = &v.health_check
+            && !overlay.base.health_check_exists(id)
+        {
+            return Err(ChangeError::HealthCheckUnknown {
+                change_idx,
+                id: id.clone(),
+            });
+        }
+        if let Some(Policy::IpBased { collection, .. }) = &v.policy
+            && !overlay.base.cidr_collection_exists(collection)
+        {
+            return Err(ChangeError::CidrCollectionUnknown {
+                change_idx,
+                name: collection.clone(),
+            });
+        }
+    }
+    // Walk every alias reachable from this group: each target must exist, and the walk must
+    // neither come back to a name it passed nor go deeper than the answer path will follow.
+    let lookup = |target: &Name| -> Option<RecordSet> {
+        let target = target.to_lowercase();
+        if target.is_subdomain_of(origin) {
+            match overlay.touched.get(&(target.clone(), rtype)) {
+                Some(t) => t.after.clone(),
+                None => overlay.base.get(&target, rtype),
+            }
+        } else {
+            overlay.base.resolve(&target, rtype)
+        }
+    };
+    let mut stack: Vec<(Name, usize)> = variants
+        .iter()
+        .filter_map(|v| v.alias.as_ref().map(|a| (a.name.to_lowercase(), 1)))
+        .collect();
+    let mut visited: HashSet<Name> = HashSet::new();
+    visited.insert(name.clone());
+    let mut steps = 0usize;
+    while let Some((target, depth)) = stack.pop() {
+        steps += 1;
+        let cycle = || ChangeError::AliasCycle {
+            change_idx,
+            name: name.clone(),
+            rtype,
+            target: target.clone(),
+        };
+        if depth > routed::ALIAS_DEPTH_MAX || steps > ALIAS_WALK_STEPS_MAX || target == *name {
+            return Err(cycle());
+        }
+        let Some(found) = lookup(&target) else {
+            if depth == 1 {
+                return Err(ChangeError::AliasTargetMissing {
+                    change_idx,
+                    name: name.clone(),
+                    rtype,
+                    target,
+                });
+            }
+            continue;
+        };
+        if found.ttl != ROUTED_TTL {
+            continue;
+        }
+        if !visited.insert(target.clone()) {
+            // Two branches may share a subtree; only a path back to this group is a loop,
+            // which the depth bound and the check above catch.
+            continue;
+        }
+        for v in routed::to_record_sets(&target, rtype, &found.rdatas) {
+            if let Some(a) = v.alias {
+                stack.push((a.name.to_lowercase(), depth + 1));
+            }
         }
     }
     Ok(())
 }
+
+/// TTL above which a health-checked or weighted set draws a warning: resolvers keep the old
+/// answer that long after a failover or a weight change.
+pub const ROUTED_TTL_ADVISED_MAX: u32 = 60;
+
+/// Warnings about a valid batch (it is applied anyway): TTLs that slow failover down.
+pub fn batch_warnings(batch: &ChangeBatch) -> Vec<String> {
+    batch
+        .changes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.action != Action::Delete && c.record_set.alias.is_none())
+        .filter_map(|(i, c)| {
+            let s = &c.record_set;
+            let what = if s.health_check.is_some() {
+                "health-checked"
+            } else if matches!(s.policy, Some(Policy::Weighted { .. })) {
+                "weighted"
+            } else {
+                return None;
+            };
+            (s.ttl > ROUTED_TTL_ADVISED_MAX).then(|| {
+                format!(
+                    "changes[{i}]: {} {} set {:?} is {what} with TTL {}: resolvers keep an answer \
+                     up to {} s after a failover or weight change; {ROUTED_TTL_ADVISED_MAX} s or \
+                     less is advised",
+                    s.name,
+                    s.rtype,
+                    s.set_identifier.as_deref().unwrap_or(""),
+                    s.ttl,
+                    s.ttl
+                )
+            })
+        })
+        .collect()
+}
+
+/// Alias targets one group's validation may visit: bounds the work of a batch on a wide tree.
+const ALIAS_WALK_STEPS_MAX: usize = 4096;
 
 /// Checks a set's own contents: TTL, record count, each record's wire form, duplicates.
 /// `written`: the set is being created or upserted (not deleted), so the write limits apply.
@@ -845,6 +1346,13 @@ fn check_result<Z: ZoneState + ?Sized>(
         }
     }
 
+    for &(change_idx, name, rtype) in &written {
+        let t = &overlay.touched[&(name.clone(), rtype)];
+        if let Some(group) = t.after.as_ref().filter(|s| s.ttl == ROUTED_TTL) {
+            check_group(overlay, origin, change_idx, group)?;
+        }
+    }
+
     let base_sets = overlay.base.record_set_count();
     let base_records = overlay.base.record_count();
     let (mut sets, mut records) = (base_sets as isize, base_records as isize);
@@ -938,24 +1446,11 @@ fn convert_change(
     origin: &Name,
 ) -> Result<Change, ChangeError> {
     let rrs = change.resource_record_set;
-    let unsupported = [
-        ("SetIdentifier", rrs.set_identifier.is_some()),
-        ("Weight", rrs.weight.is_some()),
-        ("Region", rrs.region.is_some()),
-        ("GeoLocation", rrs.geo_location.is_some()),
-        ("Failover", rrs.failover.is_some()),
-        ("MultiValueAnswer", rrs.multi_value_answer.is_some()),
-        ("AliasTarget", rrs.alias_target.is_some()),
-        ("HealthCheckId", rrs.health_check_id.is_some()),
-        (
-            "TrafficPolicyInstanceId",
-            rrs.traffic_policy_instance_id.is_some(),
-        ),
-        ("CidrRoutingConfig", rrs.cidr_routing_config.is_some()),
-        ("GeoProximityLocation", rrs.geo_proximity_location.is_some()),
-    ];
-    if let Some((field, _)) = unsupported.into_iter().find(|(_, present)| *present) {
-        return Err(ChangeError::NotSupportedYet { change_idx, field });
+    if rrs.traffic_policy_instance_id.is_some() {
+        return Err(ChangeError::NotSupportedYet {
+            change_idx,
+            field: "TrafficPolicyInstanceId (policy trees are aliased record sets here)",
+        });
     }
     let name = parse_owner(&rrs.name, origin)
         .map_err(|reason| ChangeError::NameInvalid {
@@ -968,6 +1463,95 @@ fn convert_change(
         change_idx,
         rtype: rrs.rtype.clone(),
     })?;
+    let field_err = |field: &'static str, reason: String| ChangeError::PolicyFieldInvalid {
+        change_idx,
+        field,
+        reason,
+    };
+    let policy = convert_policy(&rrs, &field_err)?;
+    if let Some(id) = &rrs.set_identifier
+        && (id.is_empty() || id.len() > policy::POLICY_LABEL_BYTES_MAX)
+    {
+        return Err(field_err(
+            "SetIdentifier",
+            format!("must be 1 to {} bytes", policy::POLICY_LABEL_BYTES_MAX),
+        ));
+    }
+    match (&rrs.set_identifier, &policy) {
+        (Some(_), None) => {
+            return Err(field_err(
+                "SetIdentifier",
+                "needs a routing policy (Weight, Failover, MultiValueAnswer, Region, \
+                 GeoLocation, GeoProximityLocation or CidrRoutingConfig)"
+                    .into(),
+            ));
+        }
+        (None, Some(p)) => {
+            return Err(field_err(
+                "SetIdentifier",
+                format!("a {} set needs a SetIdentifier", p.kind()),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(hc) = &rrs.health_check_id
+        && (hc.is_empty() || hc.len() > routed::HEALTH_CHECK_ID_BYTES_MAX)
+    {
+        return Err(field_err(
+            "HealthCheckId",
+            format!("must be 1 to {} bytes", routed::HEALTH_CHECK_ID_BYTES_MAX),
+        ));
+    }
+    if rrs.health_check_id.is_some() && rrs.set_identifier.is_none() {
+        return Err(field_err(
+            "HealthCheckId",
+            "only a set with a routing policy (and a SetIdentifier) uses a health check".into(),
+        ));
+    }
+    let alias = match &rrs.alias_target {
+        None => None,
+        Some(a) => {
+            if rrs.ttl.is_some() || rrs.resource_records.is_some() {
+                return Err(field_err(
+                    "AliasTarget",
+                    "an alias has neither TTL nor ResourceRecords: the target's apply".into(),
+                ));
+            }
+            let target = Name::parse(
+                &octal_escapes_to_decimal(&a.dns_name)
+                    .map_err(|e| field_err("AliasTarget.DNSName", e.to_string()))?,
+                None,
+            )
+            .or_else(|_| Name::parse(&format!("{}.", a.dns_name), None))
+            .map_err(|e| field_err("AliasTarget.DNSName", e.to_string()))?;
+            Some(AliasTarget {
+                name: target.to_lowercase(),
+                evaluate_target_health: a.evaluate_target_health,
+            })
+        }
+    };
+    let action = match change.action {
+        WireAction::Create => Action::Create,
+        WireAction::Delete => Action::Delete,
+        WireAction::Upsert => Action::Upsert,
+    };
+    let routing = |ttl, rdatas| RecordSet {
+        name: name.clone(),
+        rtype,
+        ttl,
+        rdatas,
+        set_identifier: rrs.set_identifier.clone(),
+        policy: policy.clone(),
+        health_check: rrs.health_check_id.clone(),
+        alias: alias.clone(),
+        fail_closed: rrs.fail_closed.unwrap_or(false),
+    };
+    if alias.is_some() {
+        return Ok(Change {
+            action,
+            record_set: routing(0, Vec::new()),
+        });
+    }
     let ttl = rrs.ttl.ok_or_else(|| ChangeError::TtlMissing {
         change_idx,
         name: name.clone(),
@@ -982,7 +1566,7 @@ fn convert_change(
             rtype,
             ttl,
         })?;
-    let records = rrs.resource_records.unwrap_or_default();
+    let records = rrs.resource_records.clone().unwrap_or_default();
     if records.is_empty() {
         return Err(ChangeError::RecordsEmpty {
             change_idx,
@@ -1003,20 +1587,186 @@ fn convert_change(
         rdatas.push(rdata);
     }
     Ok(Change {
-        action: match change.action {
-            WireAction::Create => Action::Create,
-            WireAction::Delete => Action::Delete,
-            WireAction::Upsert => Action::Upsert,
-        },
-        record_set: RecordSet {
-            name,
-            rtype,
-            ttl,
-            rdatas,
-            set_identifier: None,
-        },
+        action,
+        record_set: routing(ttl, rdatas),
     })
 }
+
+/// Route 53's seven routing-policy fields: at most one may be given.
+fn convert_policy(
+    rrs: &WireRecordSet,
+    field_err: &dyn Fn(&'static str, String) -> ChangeError,
+) -> Result<Option<Policy>, ChangeError> {
+    let given: Vec<&'static str> = [
+        ("Weight", rrs.weight.is_some()),
+        ("Failover", rrs.failover.is_some()),
+        ("MultiValueAnswer", rrs.multi_value_answer.is_some()),
+        ("Region", rrs.region.is_some()),
+        ("GeoLocation", rrs.geo_location.is_some()),
+        ("GeoProximityLocation", rrs.geo_proximity_location.is_some()),
+        ("CidrRoutingConfig", rrs.cidr_routing_config.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, present)| *present)
+    .map(|(f, _)| f)
+    .collect();
+    if given.len() > 1 {
+        return Err(field_err(
+            given[1],
+            format!(
+                "a set has one routing policy, and {} is given too",
+                given[0]
+            ),
+        ));
+    }
+    let label = |field: &'static str, text: &str| {
+        if text.is_empty() || text.len() > policy::POLICY_LABEL_BYTES_MAX {
+            Err(field_err(
+                field,
+                format!("must be 1 to {} bytes", policy::POLICY_LABEL_BYTES_MAX),
+            ))
+        } else {
+            Ok(text.to_string())
+        }
+    };
+    if let Some(w) = rrs.weight {
+        let weight =
+            u8::try_from(w).map_err(|_| field_err("Weight", format!("{w} is outside 0..=255")))?;
+        return Ok(Some(Policy::Weighted { weight }));
+    }
+    if let Some(f) = &rrs.failover {
+        return Ok(Some(Policy::Failover(match f {
+            WireFailover::Primary => FailoverRole::Primary,
+            WireFailover::Secondary => FailoverRole::Secondary,
+        })));
+    }
+    if let Some(m) = rrs.multi_value_answer {
+        if !m {
+            return Err(field_err(
+                "MultiValueAnswer",
+                "false is not a routing policy; leave the field out".into(),
+            ));
+        }
+        return Ok(Some(Policy::Multivalue));
+    }
+    if let Some(r) = &rrs.region {
+        return Ok(Some(Policy::Latency {
+            region: label("Region", r)?,
+        }));
+    }
+    if let Some(g) = &rrs.geo_location {
+        let upper = |s: &String| s.to_ascii_uppercase();
+        let key = match (&g.continent_code, &g.country_code, &g.subdivision_code) {
+            (Some(c), None, None) => {
+                let c = upper(c);
+                if !CONTINENTS.contains(&c.as_str()) {
+                    return Err(field_err(
+                        "GeoLocation.ContinentCode",
+                        format!("{c:?} is not one of {}", CONTINENTS.join(" ")),
+                    ));
+                }
+                GeoKey::Continent(c)
+            }
+            (None, Some(c), None) if c == "*" => GeoKey::Default,
+            (None, Some(c), sub) => {
+                let c = upper(c);
+                if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()) {
+                    return Err(field_err(
+                        "GeoLocation.CountryCode",
+                        format!("{c:?} is not an ISO 3166-1 alpha-2 code or *"),
+                    ));
+                }
+                match sub {
+                    None => GeoKey::Country(c),
+                    Some(s) => {
+                        let s = upper(s);
+                        if s.is_empty()
+                            || s.len() > 3
+                            || !s.bytes().all(|b| b.is_ascii_alphanumeric())
+                        {
+                            return Err(field_err(
+                                "GeoLocation.SubdivisionCode",
+                                format!("{s:?} is not an ISO 3166-2 subdivision code"),
+                            ));
+                        }
+                        GeoKey::Subdivision(c, s)
+                    }
+                }
+            }
+            _ => {
+                return Err(field_err(
+                    "GeoLocation",
+                    "give ContinentCode, or CountryCode (with an optional SubdivisionCode)".into(),
+                ));
+            }
+        };
+        return Ok(Some(Policy::Geolocation(key)));
+    }
+    if let Some(g) = &rrs.geo_proximity_location {
+        let bias = g.bias.unwrap_or(0);
+        let bias = i8::try_from(bias)
+            .ok()
+            .filter(|b| (-policy::BIAS_MAX..=policy::BIAS_MAX).contains(b))
+            .ok_or_else(|| {
+                field_err(
+                    "GeoProximityLocation.Bias",
+                    format!("{bias} is outside -99..=99"),
+                )
+            })?;
+        let at = match (&g.aws_region, &g.local_zone_group, &g.coordinates) {
+            (Some(r), None, None) => policy::region_coordinates(r).ok_or_else(|| {
+                field_err(
+                    "GeoProximityLocation.AWSRegion",
+                    format!("unknown region {r:?}; give Coordinates instead"),
+                )
+            })?,
+            (None, None, Some(c)) => {
+                let parse = |t: &str, what| {
+                    t.trim().parse::<f64>().map_err(|_| {
+                        field_err(
+                            "GeoProximityLocation.Coordinates",
+                            format!("{what} {t:?} is not a number"),
+                        )
+                    })
+                };
+                let at = Coordinates {
+                    latitude: parse(&c.latitude, "latitude")?,
+                    longitude: parse(&c.longitude, "longitude")?,
+                };
+                if !at.is_valid() {
+                    return Err(field_err(
+                        "GeoProximityLocation.Coordinates",
+                        "latitude must be within ±90 and longitude within ±180".into(),
+                    ));
+                }
+                at
+            }
+            (None, Some(_), None) => {
+                return Err(field_err(
+                    "GeoProximityLocation.LocalZoneGroup",
+                    "local zone groups are AWS-only; give Coordinates".into(),
+                ));
+            }
+            _ => {
+                return Err(field_err(
+                    "GeoProximityLocation",
+                    "give exactly one of AWSRegion and Coordinates".into(),
+                ));
+            }
+        };
+        return Ok(Some(Policy::Geoproximity { at, bias }));
+    }
+    if let Some(c) = &rrs.cidr_routing_config {
+        return Ok(Some(Policy::IpBased {
+            collection: label("CidrRoutingConfig.CollectionId", &c.collection_id)?,
+            location: label("CidrRoutingConfig.LocationName", &c.location_name)?,
+        }));
+    }
+    Ok(None)
+}
+
+/// Route 53's continent codes.
+const CONTINENTS: [&str; 7] = ["AF", "AN", "AS", "EU", "NA", "OC", "SA"];
 
 /// A record name: absolute if it ends with a dot or with the origin, `@` for the apex, else
 /// relative to the origin.
@@ -1137,16 +1887,16 @@ struct WireRecordSet {
     traffic_policy_instance_id: Option<String>,
     cidr_routing_config: Option<WireCidrRoutingConfig>,
     geo_proximity_location: Option<WireGeoProximityLocation>,
+    /// Our extension: when every set of the group is unhealthy, answer NODATA.
+    fail_closed: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireRecord {
     value: String,
 }
 
-// The routing-policy shapes below are parsed and not read yet: routing policies will read them.
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 enum WireFailover {
@@ -1154,7 +1904,6 @@ enum WireFailover {
     Secondary,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireGeoLocation {
@@ -1163,17 +1912,17 @@ struct WireGeoLocation {
     subdivision_code: Option<String>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireAliasTarget {
+    // Read for its shape only: the target is found by name in whichever hosted zone holds it.
+    #[allow(dead_code)]
     hosted_zone_id: String,
     #[serde(rename = "DNSName")]
     dns_name: String,
     evaluate_target_health: bool,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireCidrRoutingConfig {
@@ -1181,7 +1930,6 @@ struct WireCidrRoutingConfig {
     location_name: String,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireGeoProximityLocation {
@@ -1192,7 +1940,6 @@ struct WireGeoProximityLocation {
     bias: Option<i64>,
 }
 
-#[allow(dead_code)]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "PascalCase")]
 struct WireCoordinates {

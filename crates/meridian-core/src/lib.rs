@@ -12,6 +12,7 @@ pub mod name;
 pub mod policy;
 pub mod query;
 pub mod rdata;
+pub mod routed;
 pub mod writer;
 pub mod zone;
 pub mod zonefile;

@@ -22,6 +22,8 @@ pub const CLASS_IN: u16 = 1;
 pub const CLASS_CH: u16 = 3;
 /// RFC 5001.
 pub const EDNS_OPTION_NSID: u16 = 3;
+/// EDNS Client Subnet (RFC 7871).
+pub const EDNS_OPTION_ECS: u16 = 8;
 
 /// EDNS(0) state of a query (RFC 6891).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +34,68 @@ pub struct Edns {
     pub dnssec_ok: bool,
     /// NSID requested (RFC 5001 §2.1).
     pub nsid: bool,
+    /// EDNS Client Subnet: the client network a resolver asks on behalf of (RFC 7871).
+    pub ecs: Option<ClientSubnet>,
+}
+
+/// An EDNS Client Subnet option of a query (RFC 7871 §6), validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientSubnet {
+    /// 1: IPv4, 2: IPv6 (IANA address family numbers).
+    pub family: u16,
+    pub source_prefix: u8,
+    /// The address, zero-padded to 16 bytes; bits past `source_prefix` are zero.
+    pub address: [u8; 16],
+}
+
+impl ClientSubnet {
+    /// Address bytes on the wire: the prefix rounded up to whole octets (RFC 7871 §6).
+    pub fn address_len(&self) -> usize {
+        self.source_prefix.div_ceil(8) as usize
+    }
+
+    pub fn ip(&self) -> std::net::IpAddr {
+        if self.family == 1 {
+            let a = &self.address;
+            std::net::IpAddr::from([a[0], a[1], a[2], a[3]])
+        } else {
+            std::net::IpAddr::from(self.address)
+        }
+    }
+
+    /// Parses the option data; `None` if malformed (RFC 7871 §7.1.2: FORMERR).
+    fn parse(data: &[u8]) -> Option<ClientSubnet> {
+        let family = be16(data, 0)?;
+        let source_prefix = *data.get(2)?;
+        let scope_prefix = *data.get(3)?;
+        let max = match family {
+            1 => 32,
+            2 => 128,
+            _ => return None,
+        };
+        if source_prefix > max || scope_prefix != 0 {
+            return None;
+        }
+        let addr = &data[4..];
+        let want = source_prefix.div_ceil(8) as usize;
+        if addr.len() != want {
+            return None;
+        }
+        let mut address = [0u8; 16];
+        address[..want].copy_from_slice(addr);
+        // Bits past the source prefix must be zero (RFC 7871 §6).
+        if source_prefix % 8 != 0 {
+            let last = address[want - 1];
+            if last & (0xffu8 >> (source_prefix % 8)) != 0 {
+                return None;
+            }
+        }
+        Some(ClientSubnet {
+            family,
+            source_prefix,
+            address,
+        })
+    }
 }
 
 /// The parts of a TSIG record (RFC 8945) a BADKEY reply must echo: positions in the packet.
@@ -171,6 +235,7 @@ fn scan_opt(packet: &[u8], counts: [u16; 4]) -> Option<Edns> {
                 version: packet[at + 5],
                 dnssec_ok: packet[at + 6] & 0x80 != 0,
                 nsid: false,
+                ecs: None,
             });
         }
         pos = at + 10 + rdlen;
@@ -237,6 +302,7 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
                     return Err(Malformed::FormErr(None));
                 }
                 let mut nsid = false;
+                let mut ecs = None;
                 let mut at = 0;
                 while at < rdata.len() {
                     let code = be16(rdata, at).ok_or(Malformed::FormErr(None))?;
@@ -247,6 +313,20 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
                     if code == EDNS_OPTION_NSID {
                         nsid = true;
                     }
+                    if code == EDNS_OPTION_ECS {
+                        let parsed = ClientSubnet::parse(&rdata[at + 4..at + 4 + len]);
+                        if parsed.is_none() || ecs.is_some() {
+                            let edns = Edns {
+                                payload: class.max(512),
+                                version: (ttl_hi & 0xFF) as u8,
+                                dnssec_ok: ttl_lo & 0x8000 != 0,
+                                nsid: false,
+                                ecs: None,
+                            };
+                            return Err(Malformed::FormErr(Some(edns)));
+                        }
+                        ecs = parsed;
+                    }
                     at += 4 + len;
                 }
                 edns = Some(Edns {
@@ -254,6 +334,7 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
                     version: (ttl_hi & 0xFF) as u8,
                     dnssec_ok: ttl_lo & 0x8000 != 0,
                     nsid,
+                    ecs,
                 });
             }
             RType::TSIG => {

@@ -134,7 +134,7 @@ pub struct RRsetRef<'a> {
     pub rtype: RType,
     pub ttl: u32,
     pub count: u16,
-    data: &'a [u8],
+    pub(crate) data: &'a [u8],
 }
 
 impl<'a> NodeRef<'a> {
@@ -199,7 +199,7 @@ impl<'a> NodeRef<'a> {
 
 impl<'a> RRsetRef<'a> {
     /// Each record's RDATA in wire format.
-    pub fn rdatas(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+    pub fn rdatas(&self) -> impl Iterator<Item = &'a [u8]> + Clone + 'a {
         let data = self.data;
         let mut pos = 0;
         std::iter::from_fn(move || {
@@ -256,8 +256,9 @@ fn check_node(owner: &[u8], is_apex: bool, sets: &[(RType, u32, Vec<&[u8]>)]) ->
         let mut spans = [(0, 0); 2];
         rdata_spans_check(RType::SOA, rdatas[0], &mut spans)?;
     }
-    if let Some((_, _, cnames)) = has(RType::CNAME) {
-        if cnames.len() > 1 {
+    if let Some((_, ttl, cnames)) = has(RType::CNAME) {
+        // A routed group (crate::routed) holds one variant per record, each with one CNAME.
+        if cnames.len() > 1 && *ttl != crate::routed::ROUTED_TTL {
             return Err(Error::CnameMultiple(owner_text()));
         }
         // RFC 2181 §10.1; DNSSEC types may sit beside a CNAME (RFC 4035 §2.5).

@@ -61,6 +61,10 @@ impl MemZone {
                     ttl: r.ttl,
                     rdatas: Vec::new(),
                     set_identifier: None,
+                    policy: None,
+                    health_check: None,
+                    alias: None,
+                    fail_closed: false,
                 })
                 .rdatas
                 .push(r.rdata);
@@ -186,6 +190,10 @@ fn set(name_text: &str, rtype: RType, ttl: u32, values: &[&str]) -> RecordSet {
         ttl,
         rdatas: values.iter().map(|v| wire(rtype, v)).collect(),
         set_identifier: None,
+        policy: None,
+        health_check: None,
+        alias: None,
+        fail_closed: false,
     }
 }
 
@@ -413,77 +421,6 @@ fn unknown_fields_are_refused_clearly() {
         "{err}"
     );
 }
-
-#[test]
-fn routing_policy_fields_are_not_supported_yet() {
-    let cases = [
-        ("SetIdentifier", json!("eu")),
-        ("Weight", json!(10)),
-        ("Region", json!("eu-west-1")),
-        (
-            "GeoLocation",
-            json!({"ContinentCode": "EU", "CountryCode": "FR"}),
-        ),
-        ("Failover", json!("PRIMARY")),
-        ("MultiValueAnswer", json!(true)),
-        (
-            "AliasTarget",
-            json!({"HostedZoneId": "Z1", "DNSName": "lb.example.net.", "EvaluateTargetHealth": false}),
-        ),
-        ("HealthCheckId", json!("hc-1")),
-        ("TrafficPolicyInstanceId", json!("tp-1")),
-        (
-            "CidrRoutingConfig",
-            json!({"CollectionId": "c1", "LocationName": "office"}),
-        ),
-        (
-            "GeoProximityLocation",
-            json!({"Coordinates": {"Latitude": "48.85", "Longitude": "2.35"}, "Bias": 10}),
-        ),
-    ];
-    for (field, value) in cases {
-        let mut c = change("CREATE", "a", "A", 60, &["192.0.2.1"]);
-        c["ResourceRecordSet"][field] = value;
-        let err = parse(&[change("CREATE", "ok", "A", 60, &["192.0.2.1"]), c]).unwrap_err();
-        assert_eq!(
-            err,
-            ChangeError::NotSupportedYet {
-                change_idx: 1,
-                field
-            },
-            "{field}"
-        );
-        assert_eq!(err.code(), "NotSupportedYet");
-    }
-    // An alias has no TTL and no records: still "not supported yet", not "TTL missing".
-    let alias = json!({"Action": "UPSERT", "ResourceRecordSet": {"Name": "@", "Type": "A",
-        "AliasTarget": {"HostedZoneId": "Z1", "DNSName": "lb.example.net.", "EvaluateTargetHealth": true}}});
-    assert!(matches!(
-        parse(&[alias]),
-        Err(ChangeError::NotSupportedYet {
-            field: "AliasTarget",
-            ..
-        })
-    ));
-    // Their shape is checked already.
-    let mut c = change("CREATE", "a", "A", 60, &["192.0.2.1"]);
-    c["ResourceRecordSet"]["Failover"] = json!("TERTIARY");
-    assert!(matches!(parse(&[c]), Err(ChangeError::Syntax { .. })));
-    // A domain batch with a set identifier is refused by validation too.
-    let mut s = set("www.example.com.", RType::A, 60, &["192.0.2.1"]);
-    s.set_identifier = Some("eu".into());
-    assert_eq!(
-        apply_batch(&base(), &domain_batch(vec![(Action::Upsert, s)])),
-        Err(ChangeError::NotSupportedYet {
-            change_idx: 0,
-            field: "SetIdentifier"
-        })
-    );
-}
-
-// ---------------------------------------------------------------------------------------------
-// One test per validation rule
-// ---------------------------------------------------------------------------------------------
 
 #[test]
 fn rule_name_outside_zone() {

@@ -69,6 +69,7 @@ fn answering_does_not_allocate() {
                 &config,
                 q,
                 meridian_core::Transport::Udp,
+                std::net::IpAddr::from([192, 0, 2, 1]),
                 &mut scratch,
                 &mut out,
             ) {

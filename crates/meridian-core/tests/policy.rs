@@ -24,10 +24,10 @@ impl Environment for Env {
     fn healthy(&self, check: &str) -> Option<bool> {
         self.health.get(check).copied()
     }
-    fn location(&self) -> Option<&Location> {
-        self.location.as_ref()
+    fn location(&self) -> Option<Location<&str>> {
+        self.location.as_ref().map(Location::as_ref)
     }
-    fn cidr_location(&self) -> Option<&str> {
+    fn cidr_location(&self, _collection: &str) -> Option<&str> {
         self.cidr.as_deref()
     }
     fn rtt_ms(&self, region: &str) -> Option<u32> {
@@ -54,6 +54,7 @@ fn cand(id: &str, policy: Policy, check: Option<&str>) -> Candidate {
         set_identifier: id.into(),
         policy,
         health_check: check.map(str::to_string),
+        target_healthy: true,
     }
 }
 
@@ -399,6 +400,7 @@ fn ip_based_longest_prefix_then_default() {
         cand(
             "lab",
             Policy::IpBased {
+                collection: "nets".into(),
                 location: "lab".into(),
             },
             Some("hlab"),
@@ -406,6 +408,7 @@ fn ip_based_longest_prefix_then_default() {
         cand(
             "rest",
             Policy::IpBased {
+                collection: "nets".into(),
                 location: "*".into(),
             },
             None,

@@ -6,6 +6,7 @@
 //! (that is `meridian_core::respond`). The catalog it serves is swapped whole and atomically
 //! (`ArcSwap`), so a query sees one catalog version from start to end.
 
+pub mod geo;
 pub mod metrics;
 pub mod sync;
 pub mod tcp;

@@ -12,10 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use meridian_core::catalog::RoutingState;
+use meridian_core::policy::CidrBlock;
 use meridian_core::zone::{RRsetUpdate, Zone};
 use meridian_core::{Catalog, Name, RType, Record};
 use meridian_proto::v1;
 use meridian_proto::v1::edge_sync_client::EdgeSyncClient;
+use prost::Message;
 use tokio::sync::watch;
 
 /// Reports to the control plane at least this often, so it can tell live edges from dead ones.
@@ -30,7 +33,7 @@ pub const CACHE_WRITE_COST_RATIO: u32 = 20;
 /// Largest catalog message accepted from the control plane.
 pub const CATALOG_MESSAGE_BYTES_MAX: usize = 1 << 30;
 /// Cache file format: magic and format version.
-const CACHE_MAGIC: &[u8; 8] = b"MRDNCAT1";
+const CACHE_MAGIC: &[u8; 8] = b"MRDNCAT2";
 
 /// Counters for the edge's metrics.
 #[derive(Default, Debug)]
@@ -54,6 +57,33 @@ pub struct SyncOptions {
     pub cache_dir: Option<PathBuf>,
     pub identity: String,
     pub addresses: Vec<String>,
+    /// This POP's RTT to each region, reported so `explain --pop` uses the same table.
+    pub region_rtt_ms: Vec<(String, u32)>,
+}
+
+/// The routing state of an update (health verdicts, CIDR collections) in domain types.
+fn routing_of(w: &v1::WireRoutingState) -> Result<RoutingState, ApplyError> {
+    use meridian_core::catalog::{CIDR_BLOCKS_MAX, HEALTH_CHECKS_MAX};
+    if w.health.len() > HEALTH_CHECKS_MAX || w.cidr.len() > CIDR_BLOCKS_MAX {
+        return Err(ApplyError::Invalid("routing state over its limits".into()));
+    }
+    let mut r = RoutingState::default();
+    for h in &w.health {
+        r.health.insert(h.id.clone(), h.healthy);
+    }
+    for c in &w.cidr {
+        let bad = || ApplyError::Invalid(format!("CIDR block {:?}", c.cidr));
+        let (addr, len) = c.cidr.split_once('/').ok_or_else(bad)?;
+        r.cidr
+            .entry(c.collection.clone())
+            .or_default()
+            .push(CidrBlock {
+                network: addr.parse().map_err(|_| bad())?,
+                prefix_len: len.parse().map_err(|_| bad())?,
+                location: c.location.clone(),
+            });
+    }
+    Ok(r)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +121,9 @@ fn records_of(origin: &Name, sets: &[v1::WireRecordSet]) -> Result<Vec<Record>, 
 /// Builds a catalog from a full update and checks its checksum.
 pub fn catalog_from_full(update: &v1::CatalogUpdate) -> Result<Catalog, ApplyError> {
     let mut catalog = Catalog::new();
+    if let Some(w) = &update.routing {
+        catalog.set_routing(Arc::new(routing_of(w)?));
+    }
     for z in &update.zones {
         let origin = Name::from_wire(&z.origin).map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let zone = Zone::build(&origin, records_of(&origin, &z.record_sets)?)
@@ -121,6 +154,9 @@ pub fn apply_delta(
         });
     }
     let mut next = current.clone();
+    if let Some(w) = &update.routing {
+        next.set_routing(Arc::new(routing_of(w)?));
+    }
     for d in &update.deltas {
         let origin = Name::from_wire(&d.origin).map_err(|e| ApplyError::Invalid(e.to_string()))?;
         if d.delete_zone {
@@ -184,6 +220,9 @@ pub fn write_cache(dir: &Path, version: u64, catalog: &Catalog) -> std::io::Resu
             body.extend_from_slice(&r.rdata);
         }
     }
+    let routing = routing_bytes(catalog.routing());
+    body.extend_from_slice(&(routing.len() as u32).to_be_bytes());
+    body.extend_from_slice(&routing);
     let digest = file_digest(&body);
     body.extend_from_slice(&digest.to_be_bytes());
     std::fs::create_dir_all(dir)?;
@@ -249,6 +288,9 @@ pub fn read_cache(dir: &Path) -> Result<(u64, Catalog), String> {
         let zone = Zone::build(&origin, records).map_err(|e| format!("{origin}: {e}"))?;
         catalog.insert(Arc::new(zone)).map_err(|e| e.to_string())?;
     }
+    let len = u32::from_be_bytes(r.take(4)?.try_into().expect("4")) as usize;
+    let wire = v1::WireRoutingState::decode(r.take(len)?).map_err(|e| e.to_string())?;
+    catalog.set_routing(Arc::new(routing_of(&wire).map_err(|e| e.to_string())?));
     if catalog.checksum() != checksum {
         return Err("catalog checksum mismatch".into());
     }
@@ -330,6 +372,7 @@ async fn report_everywhere(
             applied_version: stats.applied_version.load(Ordering::Relaxed),
             addresses: options.addresses.clone(),
             identity: options.identity.clone(),
+            region_rtt_ms: options.region_rtt_ms.iter().cloned().collect(),
         };
         // One task per node: a dead node times out without delaying the others.
         for client in &clients {
@@ -467,6 +510,7 @@ async fn follow(
         applied_version: version,
         addresses: options.addresses.clone(),
         identity: options.identity.clone(),
+        region_rtt_ms: options.region_rtt_ms.iter().cloned().collect(),
     };
     let _ = reporter.report(report(applied)).await;
     loop {
@@ -538,4 +582,30 @@ async fn follow(
         let _ = cache_tx.send(Some((update.version, next)));
         let _ = reporter.report(report(update.version)).await;
     }
+}
+
+/// The routing state encoded for the cache file (protobuf, as it arrives).
+fn routing_bytes(r: &RoutingState) -> Vec<u8> {
+    v1::WireRoutingState {
+        health: r
+            .health
+            .iter()
+            .map(|(id, healthy)| v1::HealthVerdict {
+                id: id.clone(),
+                healthy: *healthy,
+            })
+            .collect(),
+        cidr: r
+            .cidr
+            .iter()
+            .flat_map(|(collection, blocks)| {
+                blocks.iter().map(move |b| v1::CidrEntry {
+                    collection: collection.clone(),
+                    location: b.location.clone(),
+                    cidr: b.to_string(),
+                })
+            })
+            .collect(),
+    }
+    .encode_to_vec()
 }

@@ -114,6 +114,15 @@ async fn connection(
     let mut output: Vec<u8> = Vec::with_capacity(TCP_OUTPUT_BYTES_MAX + MESSAGE_BYTES_MAX + 2);
     let mut answer = vec![0u8; MESSAGE_BYTES_MAX];
     let mut scratch = Scratch::default();
+    let client = match stream.peer_addr() {
+        Ok(a) => match a.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        },
+        Err(_) => return,
+    };
     let mut chunk = vec![0u8; TCP_READ_BYTES];
     loop {
         let read = tokio::select! {
@@ -143,6 +152,7 @@ async fn connection(
                 config,
                 packet,
                 Transport::Tcp,
+                client,
                 &mut scratch,
                 &mut answer,
             ) {

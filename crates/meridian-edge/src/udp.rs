@@ -206,11 +206,13 @@ pub fn run_worker(
             let controllen = msg.msg_hdr.msg_controllen;
             let packet = &b.rx[i * QUERY_BYTES_MAX..i * QUERY_BYTES_MAX + len];
             let out = &mut b.tx[ready * ANSWER_UDP_BYTES_MAX..(ready + 1) * ANSWER_UDP_BYTES_MAX];
+            let client = peer_ip(&b.rx_addrs[i]);
             match respond(
                 &current,
                 &config,
                 packet,
                 Transport::Udp,
+                client,
                 &mut b.scratch,
                 out,
             ) {
@@ -325,5 +327,27 @@ fn write_control<T>(tx: &mut [u64; CONTROL_BYTES / 8], level: i32, kind: i32, va
         (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<T>() as u32) as _;
         std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut T, std::ptr::read(value));
         space
+    }
+}
+
+/// The source address of a received datagram (IPv4-mapped IPv6 sources as IPv4, so geo and
+/// CIDR lookups see the client's real family).
+fn peer_ip(addr: &libc::sockaddr_storage) -> std::net::IpAddr {
+    match addr.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in when the family is AF_INET.
+            let sin = unsafe { &*(addr as *const _ as *const libc::sockaddr_in) };
+            std::net::IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 when the family is AF_INET6.
+            let sin6 = unsafe { &*(addr as *const _ as *const libc::sockaddr_in6) };
+            let v6 = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6(v6),
+            }
+        }
+        _ => std::net::IpAddr::from([0u8, 0, 0, 0]),
     }
 }

@@ -154,6 +154,67 @@ pub enum ChangeCmd {
 }
 
 #[derive(Subcommand)]
+pub enum HealthCmd {
+    /// Register a health check from a Route 53 HealthCheckConfig file (JSON or YAML).
+    Create {
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Idempotency: a second create with the same reference is refused.
+        #[arg(long, default_value = "")]
+        caller_reference: String,
+    },
+    /// Delete a health check no record set uses.
+    Delete { id: String },
+    /// Every health check with its status.
+    List,
+    /// Force a check's verdict (reaches every edge through the catalog), or return it to auto.
+    SetStatus {
+        id: String,
+        #[arg(value_parser = ["healthy", "unhealthy", "auto"])]
+        status: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CidrCmd {
+    /// Create an empty CIDR collection.
+    Create { name: String },
+    /// Add CIDR blocks to a location of a collection (created if missing).
+    Add {
+        collection: String,
+        location: String,
+        #[arg(required = true)]
+        cidrs: Vec<String>,
+    },
+    /// Remove CIDR blocks (or, with none given, the whole location) from a collection.
+    Remove {
+        collection: String,
+        location: String,
+        cidrs: Vec<String>,
+    },
+    /// Every collection, or one.
+    List { name: Option<String> },
+    /// Delete a collection no record set uses.
+    Delete { name: String },
+}
+
+#[derive(clap::Args)]
+pub struct ExplainArgs {
+    name: String,
+    #[arg(value_name = "TYPE")]
+    rtype: String,
+    /// The resolver's address (geolocation, geoproximity, IP-based use it without ECS).
+    #[arg(long)]
+    client: Option<String>,
+    /// EDNS Client Subnet, e.g. 198.51.100.0/24 (wins over --client).
+    #[arg(long)]
+    ecs: Option<String>,
+    /// The POP whose RTT table latency records use.
+    #[arg(long)]
+    pop: Option<String>,
+}
+
+#[derive(Subcommand)]
 pub enum EdgesCmd {
     /// Each edge with its version, lag and last report.
     List,
@@ -247,6 +308,280 @@ impl Client {
             }
         }
         Err(Unavailable(last).into())
+    }
+
+    fn routing(channel: Channel) -> v1::routing_client::RoutingClient<Channel> {
+        v1::routing_client::RoutingClient::new(channel)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    pub async fn health(&self, cmd: HealthCmd) -> Result<()> {
+        match cmd {
+            HealthCmd::Create {
+                config,
+                caller_reference,
+            } => {
+                let text = std::fs::read_to_string(&config)
+                    .with_context(|| format!("reading {}", config.display()))?;
+                let req = v1::CreateHealthCheckRequest {
+                    caller_reference,
+                    config_json: text,
+                };
+                let h = self
+                    .call(|c| {
+                        let req = req.clone();
+                        async move {
+                            Self::routing(c)
+                                .create_health_check(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                match self.output {
+                    Output::Json => self
+                        .print_json(json!({"id": h.id, "status": h.status, "version": h.version})),
+                    Output::Table => println!("health check {}  {}", h.id, h.status),
+                }
+            }
+            HealthCmd::Delete { id } => {
+                let change = self
+                    .call(|c| {
+                        let id = id.clone();
+                        async move {
+                            Self::routing(c)
+                                .delete_health_check(v1::HealthCheckIdRequest { id })
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+            HealthCmd::List => {
+                let list = self
+                    .call(|c| async move {
+                        Self::routing(c)
+                            .list_health_checks(v1::ListHealthChecksRequest { stale: false })
+                            .await
+                            .map(|r| r.into_inner())
+                    })
+                    .await?;
+                match self.output {
+                    Output::Json => self.print_json(json!(list.health_checks.iter().map(|h| json!({
+                        "id": h.id, "status": h.status, "caller_reference": h.caller_reference,
+                        "config": serde_json::from_str::<serde_json::Value>(&h.config_json).unwrap_or_default(),
+                    })).collect::<Vec<_>>())),
+                    Output::Table => {
+                        println!("{:<22} {:<22} CONFIG", "ID", "STATUS");
+                        for h in list.health_checks {
+                            println!("{:<22} {:<22} {}", h.id, h.status, h.config_json);
+                        }
+                    }
+                }
+            }
+            HealthCmd::SetStatus { id, status } => {
+                let change = self
+                    .call(|c| {
+                        let req = v1::SetHealthStatusRequest {
+                            id: id.clone(),
+                            status: status.clone(),
+                        };
+                        async move {
+                            Self::routing(c)
+                                .set_health_status(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+        }
+        Ok(())
+    }
+
+    async fn cidr_collections(&self) -> Result<Vec<v1::CidrCollection>> {
+        Ok(self
+            .call(|c| async move {
+                Self::routing(c)
+                    .list_cidr_collections(v1::ListCidrCollectionsRequest { stale: false })
+                    .await
+                    .map(|r| r.into_inner())
+            })
+            .await?
+            .collections)
+    }
+
+    async fn put_cidr(&self, collection: v1::CidrCollection) -> Result<()> {
+        let change = self
+            .call(|c| {
+                let req = collection.clone();
+                async move {
+                    Self::routing(c)
+                        .put_cidr_collection(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        self.print_change(&change);
+        Ok(())
+    }
+
+    pub async fn cidr(&self, cmd: CidrCmd) -> Result<()> {
+        match cmd {
+            CidrCmd::Create { name } => {
+                if self
+                    .cidr_collections()
+                    .await?
+                    .iter()
+                    .any(|c| c.name == name)
+                {
+                    bail!("CIDR collection {name} exists");
+                }
+                let change = self
+                    .call(|c| {
+                        let req = v1::CidrCollection {
+                            name: name.clone(),
+                            blocks: Vec::new(),
+                        };
+                        async move {
+                            Self::routing(c)
+                                .put_cidr_collection(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                // The collection's id is its name (what CidrRoutingConfig.CollectionId names).
+                match self.output {
+                    Output::Json => self.print_json(
+                        json!({"id": name, "name": name, "change": change.id, "version": change.version}),
+                    ),
+                    Output::Table => println!(
+                        "CIDR collection {name} created (change {} version {})",
+                        change.id, change.version
+                    ),
+                }
+            }
+            CidrCmd::Add {
+                collection,
+                location,
+                cidrs,
+            } => {
+                let mut c = self
+                    .cidr_collections()
+                    .await?
+                    .into_iter()
+                    .find(|c| c.name == collection)
+                    .unwrap_or(v1::CidrCollection {
+                        name: collection.clone(),
+                        blocks: Vec::new(),
+                    });
+                for cidr in cidrs {
+                    if !c.blocks.iter().any(|b| b.cidr == cidr) {
+                        c.blocks.push(v1::CidrBlock {
+                            cidr,
+                            location_name: location.clone(),
+                        });
+                    }
+                }
+                self.put_cidr(c).await?;
+            }
+            CidrCmd::Remove {
+                collection,
+                location,
+                cidrs,
+            } => {
+                let mut c = self
+                    .cidr_collections()
+                    .await?
+                    .into_iter()
+                    .find(|c| c.name == collection)
+                    .ok_or_else(|| anyhow!("no CIDR collection {collection}"))?;
+                c.blocks.retain(|b| {
+                    b.location_name != location || !(cidrs.is_empty() || cidrs.contains(&b.cidr))
+                });
+                self.put_cidr(c).await?;
+            }
+            CidrCmd::List { name } => {
+                let list: Vec<v1::CidrCollection> = self
+                    .cidr_collections()
+                    .await?
+                    .into_iter()
+                    .filter(|c| name.as_ref().is_none_or(|n| *n == c.name))
+                    .collect();
+                match self.output {
+                    Output::Json => self.print_json(json!(list.iter().map(|c| json!({
+                        "id": c.name, "name": c.name,
+                        "blocks": c.blocks.iter().map(|b| json!({"cidr": b.cidr, "location": b.location_name})).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>())),
+                    Output::Table => {
+                        println!("{:<24} {:<24} CIDR", "COLLECTION", "LOCATION");
+                        for c in list {
+                            if c.blocks.is_empty() {
+                                println!("{:<24} {:<24} -", c.name, "-");
+                            }
+                            for b in c.blocks {
+                                println!("{:<24} {:<24} {}", c.name, b.location_name, b.cidr);
+                            }
+                        }
+                    }
+                }
+            }
+            CidrCmd::Delete { name } => {
+                let change = self
+                    .call(|c| {
+                        let name = name.clone();
+                        async move {
+                            Self::routing(c)
+                                .delete_cidr_collection(v1::CidrCollectionIdRequest { name })
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn explain(&self, a: ExplainArgs) -> Result<()> {
+        let req = v1::ExplainRequest {
+            name: absolute(&a.name),
+            r#type: a.rtype.to_uppercase(),
+            client: a.client.unwrap_or_default(),
+            ecs: a.ecs.unwrap_or_default(),
+            pop: a.pop.unwrap_or_default(),
+        };
+        let e = self
+            .call(|c| {
+                let req = req.clone();
+                async move { Self::routing(c).explain(req).await.map(|r| r.into_inner()) }
+            })
+            .await?;
+        match self.output {
+            Output::Json => {
+                self.print_json(json!({"answer": e.answer, "steps": e.steps, "rcode": e.rcode}))
+            }
+            Output::Table => {
+                println!("path:");
+                for s in &e.steps {
+                    println!("  {s}");
+                }
+                println!("answer ({}):", e.rcode);
+                if e.answer.is_empty() {
+                    println!("  (no records: NODATA)");
+                }
+                for r in &e.answer {
+                    println!("  {r}");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn zones(channel: Channel) -> ZonesClient<Channel> {
@@ -484,7 +819,7 @@ impl Client {
                             name: lower.to_string(),
                             r#type: r.rtype.to_string(),
                             ttl: r.ttl,
-                            values: Vec::new(),
+                            ..Default::default()
                         });
                     let value = rdata_to_text(r.rtype, &r.rdata);
                     if !set.values.contains(&value) {
@@ -721,6 +1056,9 @@ impl Client {
     }
 
     fn print_change(&self, c: &v1::ChangeInfo) {
+        for w in &c.warnings {
+            eprintln!("warning: {w}");
+        }
         let status = if c.status == v1::ChangeStatus::Insync as i32 {
             "INSYNC"
         } else {
@@ -747,17 +1085,31 @@ impl Client {
                     Output::Json => {
                         self.print_json(json!(sets.iter().map(|s| json!({
                         "name": s.name, "type": s.r#type, "ttl": s.ttl, "values": s.values,
+                        "set_identifier": s.set_identifier, "routing": routing_text(s),
+                        "health_check_id": s.health_check_id,
+                        "alias_target": s.alias_target.as_ref().map(|a| a.dns_name.clone()),
+                        "fail_closed": s.fail_closed,
                     })).collect::<Vec<_>>()))
                     }
                     Output::Table => {
                         println!("{:<40} {:<8} {:>8}  VALUES", "NAME", "TYPE", "TTL");
                         for s in sets {
+                            let routing = routing_text(&s);
+                            let values = match &s.alias_target {
+                                Some(a) => format!("ALIAS {}", a.dns_name),
+                                None => s.values.join(" | "),
+                            };
                             println!(
-                                "{:<40} {:<8} {:>8}  {}",
+                                "{:<40} {:<8} {:>8}  {}{}",
                                 s.name,
                                 s.r#type,
                                 s.ttl,
-                                s.values.join(" | ")
+                                values,
+                                if routing.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("   [{routing}]")
+                                }
                             );
                         }
                     }
@@ -815,6 +1167,7 @@ impl Client {
             r#type: a.rtype.to_uppercase(),
             ttl: a.ttl,
             values: a.values.clone(),
+            ..Default::default()
         };
         if action == v1::Action::Delete && a.values.is_empty() {
             // Delete the current set: DELETE must match it exactly, so read it first.
@@ -944,4 +1297,52 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// A record set's routing, as one short phrase (empty for a simple set).
+fn routing_text(s: &v1::RecordSet) -> String {
+    use v1::routing_policy::Kind;
+    let mut parts = Vec::new();
+    if !s.set_identifier.is_empty() {
+        parts.push(format!("id {}", s.set_identifier));
+    }
+    if let Some(kind) = s.policy.as_ref().and_then(|p| p.kind.as_ref()) {
+        parts.push(match kind {
+            Kind::Weight(w) => format!("weight {w}"),
+            Kind::Failover(f) => format!("failover {f}"),
+            Kind::Multivalue(_) => "multivalue".into(),
+            Kind::Region(r) => format!("latency {r}"),
+            Kind::Geolocation(g) => {
+                if !g.continent_code.is_empty() {
+                    format!("geo continent {}", g.continent_code)
+                } else if !g.subdivision_code.is_empty() {
+                    format!("geo {}-{}", g.country_code, g.subdivision_code)
+                } else {
+                    format!("geo {}", g.country_code)
+                }
+            }
+            Kind::Geoproximity(g) => format!(
+                "geoproximity {:.2},{:.2} bias {}",
+                g.latitude, g.longitude, g.bias
+            ),
+            Kind::Cidr(c) => format!("cidr {}/{}", c.collection_id, c.location_name),
+        });
+    }
+    if !s.health_check_id.is_empty() {
+        parts.push(format!("check {}", s.health_check_id));
+    }
+    if let Some(a) = &s.alias_target {
+        parts.push(format!(
+            "alias{}",
+            if a.evaluate_target_health {
+                " evaluate-target-health"
+            } else {
+                ""
+            }
+        ));
+    }
+    if s.fail_closed {
+        parts.push("fail-closed".into());
+    }
+    parts.join(", ")
 }

@@ -26,6 +26,7 @@ fn allocator_setup() {
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -89,6 +90,14 @@ enum Command {
     /// Edges known to the control plane.
     #[command(subcommand)]
     Edges(client::EdgesCmd),
+    /// Health checks (Route 53 HealthCheckConfig) and operator verdicts.
+    #[command(subcommand)]
+    Health(client::HealthCmd),
+    /// CIDR collections for IP-based routing.
+    #[command(subcommand)]
+    Cidr(client::CidrCmd),
+    /// Evaluate a query on the current catalog and health: the answer and the path taken.
+    Explain(client::ExplainArgs),
 }
 
 #[derive(clap::Args)]
@@ -126,6 +135,45 @@ struct EdgeArgs {
     /// Serve Prometheus metrics on this address (controlled mode).
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    routing: RoutingArgs,
+}
+
+/// What routing policies read on this host.
+#[derive(clap::Args, Clone, Default)]
+struct RoutingArgs {
+    /// MaxMind-format geo database (GeoLite2/GeoIP2 Country or City, DB-IP, IPinfo, or the
+    /// CC0 geo-whois-asn-country database) for geolocation and geoproximity records.
+    #[arg(long)]
+    geoip_db: Option<PathBuf>,
+    /// This POP's RTT to each region for latency records, `REGION=MS,...` (until health
+    /// probes measure them).
+    #[arg(long, value_delimiter = ',', value_parser = parse_region_rtt)]
+    region_rtt: Vec<(String, u32)>,
+}
+
+fn parse_region_rtt(text: &str) -> Result<(String, u32), String> {
+    let (region, ms) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not REGION=MS"))?;
+    let ms: u32 = ms
+        .parse()
+        .map_err(|_| format!("{ms:?} is not a number of milliseconds"))?;
+    if region.is_empty() || region.len() > meridian_core::policy::POLICY_LABEL_BYTES_MAX {
+        return Err(format!("region {region:?} is not 1 to 128 bytes"));
+    }
+    Ok((region.to_string(), ms))
+}
+
+impl RoutingArgs {
+    fn geo(&self) -> Result<Option<Arc<dyn meridian_core::policy::GeoLookup>>> {
+        let Some(path) = &self.geoip_db else {
+            return Ok(None);
+        };
+        let db = meridian_edge::geo::GeoDb::open(path)?;
+        tracing::info!(path = %path.display(), kind = db.database_type(), "geo database loaded");
+        Ok(Some(Arc::new(db)))
+    }
 }
 
 #[derive(clap::Args)]
@@ -145,6 +193,9 @@ struct ControlArgs {
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Geo database for `meridian explain --client/--ecs` (the one the edges use).
+    #[arg(long)]
+    geoip_db: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +206,11 @@ struct DevArgs {
     /// DNS address (5353 belongs to mDNS).
     #[arg(long, default_value = "127.0.0.1:1053")]
     dns: SocketAddr,
+    /// The embedded edge's point of presence.
+    #[arg(long, default_value = "local")]
+    pop: String,
+    #[command(flatten)]
+    routing: RoutingArgs,
 }
 
 fn main() {
@@ -198,6 +254,9 @@ fn run() -> Result<()> {
         Command::Cluster(cmd) => runtime(2)?.block_on(client.cluster(cmd)),
         Command::Zone(cmd) => runtime(2)?.block_on(client.zone(cmd)),
         Command::Record(cmd) => runtime(2)?.block_on(client.record(cmd)),
+        Command::Health(cmd) => runtime(2)?.block_on(client.health(cmd)),
+        Command::Cidr(cmd) => runtime(2)?.block_on(client.cidr(cmd)),
+        Command::Explain(args) => runtime(2)?.block_on(client.explain(args)),
         Command::Change(cmd) => runtime(2)?.block_on(client.change(cmd)),
         Command::Edges(cmd) => runtime(2)?.block_on(client.edges(cmd)),
     }
@@ -232,6 +291,8 @@ fn edge(args: EdgeArgs) -> Result<()> {
         config: ServerConfig {
             identity: identity.clone().into_bytes(),
             udp_payload_max: args.udp_payload_max,
+            geo: args.routing.geo()?,
+            region_rtt_ms: args.routing.region_rtt.clone(),
         },
     };
     let runtime = runtime(workers.clamp(1, 4))?;
@@ -243,6 +304,7 @@ fn edge(args: EdgeArgs) -> Result<()> {
             cache_dir: args.cache,
             identity,
             addresses: args.listen.iter().map(|a| a.to_string()).collect(),
+            region_rtt_ms: args.routing.region_rtt.clone(),
         };
         runtime.block_on(meridian_edge::run_controlled(options, sync, args.metrics))?;
         return Ok(());
@@ -262,6 +324,14 @@ fn edge(args: EdgeArgs) -> Result<()> {
 async fn control(args: ControlArgs) -> Result<()> {
     let advertise = args.advertise.unwrap_or_else(|| args.listen.to_string());
     let node = meridian_control::ControlNode::open(args.id, &args.data, advertise.clone()).await?;
+    if let Some(geo) = (RoutingArgs {
+        geoip_db: args.geoip_db.clone(),
+        region_rtt: Vec::new(),
+    })
+    .geo()?
+    {
+        let _ = node.geo.set(geo);
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -294,6 +364,10 @@ async fn dev(args: DevArgs, api_listen: SocketAddr) -> Result<()> {
     let api_addr = api_listen.to_string();
     let node = meridian_control::ControlNode::open(1, &args.data.join("control"), api_addr.clone())
         .await?;
+    let geo = args.routing.geo()?;
+    if let Some(geo) = &geo {
+        let _ = node.geo.set(geo.clone());
+    }
     let listener = tokio::net::TcpListener::bind(api_listen)
         .await
         .with_context(|| format!("binding the API on {api_listen}"))?;
@@ -329,15 +403,18 @@ async fn dev(args: DevArgs, api_listen: SocketAddr) -> Result<()> {
         config: ServerConfig {
             identity: b"dev".to_vec(),
             udp_payload_max: UDP_PAYLOAD_DEFAULT,
+            geo,
+            region_rtt_ms: args.routing.region_rtt.clone(),
         },
     };
     let sync = meridian_edge::sync::SyncOptions {
         control: vec![api_addr.clone()],
         edge_id: "dev".to_string(),
-        pop: "local".to_string(),
+        pop: args.pop.clone(),
         cache_dir: Some(args.data.join("edge-cache")),
         identity: "dev".to_string(),
         addresses: vec![args.dns.to_string()],
+        region_rtt_ms: args.routing.region_rtt.clone(),
     };
     let edge = meridian_edge::start_controlled(&options, sync, None, stop_rx.clone()).await?;
     eprintln!(

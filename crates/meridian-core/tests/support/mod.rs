@@ -84,7 +84,15 @@ pub fn ask(
     };
     let mut out = vec![0u8; 65535];
     let mut scratch = Scratch::default();
-    match respond(catalog, &config, packet, transport, &mut scratch, &mut out) {
+    match respond(
+        catalog,
+        &config,
+        packet,
+        transport,
+        std::net::IpAddr::from([127, 0, 0, 1]),
+        &mut scratch,
+        &mut out,
+    ) {
         Outcome::Reply { len, .. } => Some(out[..len].to_vec()),
         Outcome::Drop => None,
     }
