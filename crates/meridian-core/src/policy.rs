@@ -850,11 +850,11 @@ where
             let pick = best_healthy.or(best_any.filter(|_| all_down));
             let mut out = match pick {
                 Some((_, i)) => {
-                    let key = match candidates.clone().nth(i).map(|c| c.policy) {
-                        Some(Policy::Geolocation(k)) => k.to_string(),
-                        _ => String::new(),
-                    };
                     chose(&mut trace, &[i as u16], &|| {
+                        let key = match candidates.clone().nth(i).map(|c| c.policy) {
+                            Some(Policy::Geolocation(k)) => k.to_string(),
+                            _ => String::new(),
+                        };
                         format!("most specific healthy match for the client: {key}")
                     });
                     Chosen::one(i)

@@ -4,9 +4,15 @@
 //!
 //! A lookup borrows its strings from the database and decodes only the fields routing needs
 //! (continent, country, first subdivision, coordinates), so it allocates nothing per query.
+//! Decoding a record still costs microseconds (a GeoIP2 City record is a nested map), so each
+//! worker thread keeps a small direct-mapped cache of recent addresses: resolvers send ECS
+//! prefixes (e.g. a /24's network address) and come back with the same ones, so nearly every
+//! lookup is a hit. The database is loaded once and kept for the life of the process (its bytes
+//! are leaked on purpose), which lets cached locations borrow from it.
 //! Databases that carry only a country code (the CC0 country database) get their continent from
 //! a built-in ISO 3166 → continent table, so continent records work with them too.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -28,10 +34,38 @@ pub enum GeoError {
     Format(String, String),
 }
 
-/// An opened database, read whole into memory.
+/// Addresses each worker thread remembers (direct-mapped by a hash of the address): a few
+/// thousand resolvers and client prefixes cover most traffic a POP sees; ~100 KB per thread.
+pub const GEO_CACHE_ENTRIES: usize = 1024;
+
+/// An opened database, read whole into memory and kept for the life of the process.
 pub struct GeoDb {
-    reader: maxminddb::Reader<Vec<u8>>,
+    /// Leaked with its bytes: lookups then borrow strings for `'static`.
+    reader: &'static maxminddb::Reader<&'static [u8]>,
     database_type: String,
+    /// Tells this database's cache entries from another's (tests open several).
+    id: usize,
+}
+
+/// One cached lookup: the database, the address, and what it gave.
+#[derive(Clone, Copy)]
+struct CacheEntry {
+    db: usize,
+    ip: IpAddr,
+    location: Option<Location<&'static str>>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Vec<Option<CacheEntry>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn slot(ip: IpAddr) -> usize {
+    let bits: u128 = match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let h = (bits as u64 ^ (bits >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 54) as usize % GEO_CACHE_ENTRIES
 }
 
 impl fmt::Debug for GeoDb {
@@ -108,23 +142,22 @@ impl GeoDb {
             return Err(GeoError::TooLarge(shown, size));
         }
         let bytes = std::fs::read(path).map_err(|e| GeoError::Io(shown.clone(), e))?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
         let reader = maxminddb::Reader::from_source(bytes)
             .map_err(|e| GeoError::Format(shown.clone(), e.to_string()))?;
         let database_type = reader.metadata.database_type.clone();
+        let reader: &'static maxminddb::Reader<&'static [u8]> = Box::leak(Box::new(reader));
         Ok(GeoDb {
             reader,
             database_type,
+            id: bytes.as_ptr() as usize,
         })
     }
 
-    pub fn database_type(&self) -> &str {
-        &self.database_type
-    }
-}
-
-impl GeoLookup for GeoDb {
-    fn locate(&self, ip: IpAddr) -> Option<Location<&str>> {
-        let record: GeoRecord<'_> = self.reader.lookup(ip).ok().flatten()?;
+    /// The uncached lookup.
+    fn decode(&self, ip: IpAddr) -> Option<Location<&'static str>> {
+        let reader: &'static maxminddb::Reader<&'static [u8]> = self.reader;
+        let record: GeoRecord<'static> = reader.lookup(ip).ok().flatten()?;
         let country = record
             .country
             .and_then(|c| c.iso_code)
@@ -146,6 +179,40 @@ impl GeoLookup for GeoDb {
             subdivision: record.subdivisions.and_then(|s| s.0),
             coordinates,
         })
+    }
+
+    pub fn database_type(&self) -> &str {
+        &self.database_type
+    }
+}
+
+impl GeoLookup for GeoDb {
+    fn locate(&self, ip: IpAddr) -> Option<Location<&str>> {
+        let at = slot(ip);
+        let hit = CACHE.with(|c| {
+            let c = c.borrow();
+            c.get(at)
+                .copied()
+                .flatten()
+                .filter(|e| e.db == self.id && e.ip == ip)
+        });
+        if let Some(e) = hit {
+            return e.location;
+        }
+        let location = self.decode(ip);
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.is_empty() {
+                // Once per thread: the cache is warm after this.
+                c.resize(GEO_CACHE_ENTRIES, None);
+            }
+            c[at] = Some(CacheEntry {
+                db: self.id,
+                ip,
+                location,
+            });
+        });
+        location
     }
 }
 

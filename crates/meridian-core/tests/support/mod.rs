@@ -33,6 +33,7 @@ pub fn query(qname: &str, qtype: &str, opts: &str) -> (Vec<u8>, Transport) {
     let mut class = 1u16;
     let mut opcode = 0u16;
     let mut rd = false;
+    let mut ecs: Option<(std::net::IpAddr, u8)> = None;
     let mut transport = Transport::Udp;
     for w in opts.split_whitespace() {
         match w {
@@ -45,6 +46,10 @@ pub fn query(qname: &str, qtype: &str, opts: &str) -> (Vec<u8>, Transport) {
             _ if w.starts_with("v=") => version = w[2..].parse().unwrap(),
             _ if w.starts_with("class=") => class = w[6..].parse().unwrap(),
             _ if w.starts_with("opcode=") => opcode = w[7..].parse().unwrap(),
+            _ if w.starts_with("ecs=") => {
+                let (a, l) = w[4..].split_once('/').unwrap();
+                ecs = Some((a.parse().unwrap(), l.parse().unwrap()));
+            }
             _ => panic!("unknown option {w}"),
         }
     }
@@ -63,11 +68,25 @@ pub fn query(qname: &str, qtype: &str, opts: &str) -> (Vec<u8>, Transport) {
         p.extend_from_slice(&41u16.to_be_bytes());
         p.extend_from_slice(&payload.to_be_bytes());
         p.extend_from_slice(&[0, version, if dnssec_ok { 0x80 } else { 0 }, 0]);
+        let mut options = Vec::new();
         if nsid {
-            p.extend_from_slice(&[0, 4, 0, 3, 0, 0]);
-        } else {
-            p.extend_from_slice(&[0, 0]);
+            options.extend_from_slice(&[0, 3, 0, 0]);
         }
+        if let Some((addr, len)) = ecs {
+            // RFC 7871 §6: family, source prefix, scope 0, the prefix's octets.
+            let (family, bytes): (u16, Vec<u8>) = match addr {
+                std::net::IpAddr::V4(a) => (1, a.octets().to_vec()),
+                std::net::IpAddr::V6(a) => (2, a.octets().to_vec()),
+            };
+            let n = (len as usize).div_ceil(8);
+            options.extend_from_slice(&8u16.to_be_bytes());
+            options.extend_from_slice(&((4 + n) as u16).to_be_bytes());
+            options.extend_from_slice(&family.to_be_bytes());
+            options.extend_from_slice(&[len, 0]);
+            options.extend_from_slice(&bytes[..n]);
+        }
+        p.extend_from_slice(&(options.len() as u16).to_be_bytes());
+        p.extend_from_slice(&options);
     }
     (p, transport)
 }
@@ -147,10 +166,13 @@ pub fn render(resp: &[u8]) -> String {
                     while i < rd.len() {
                         let code = be16(rd, i);
                         let l = be16(rd, i + 2) as usize;
-                        v.push(format!(
-                            "{code}:{}",
-                            String::from_utf8_lossy(&rd[i + 4..i + 4 + l])
-                        ));
+                        let data = &rd[i + 4..i + 4 + l];
+                        if code == 8 && l >= 4 {
+                            // ECS: family/source/scope.
+                            v.push(format!("ecs:{}/{}/{}", be16(data, 0), data[2], data[3]));
+                        } else {
+                            v.push(format!("{code}:{}", String::from_utf8_lossy(data)));
+                        }
                         i += 4 + l;
                     }
                     v
