@@ -549,11 +549,20 @@ impl State {
                         None,
                     );
                 }
-                if blocks.len() > CIDR_BLOCKS_MAX {
+                // The limit is on all collections together: edges receive them as one message.
+                let others: usize = objects
+                    .cidr
+                    .iter()
+                    .filter(|(n, _)| *n != name)
+                    .map(|(_, b)| b.len())
+                    .sum();
+                if others + blocks.len() > CIDR_BLOCKS_MAX {
                     return (
                         rejected(
                             "TooManyCidrBlocks",
-                            format!("the limit is {CIDR_BLOCKS_MAX}"),
+                            format!(
+                                "CIDR blocks of all collections together are limited to {CIDR_BLOCKS_MAX}"
+                            ),
                         ),
                         None,
                     );

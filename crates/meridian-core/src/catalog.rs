@@ -12,7 +12,8 @@ use crate::zone::Zone;
 /// Health checks whose verdicts a catalog carries (Route 53's default quota is 200 per account;
 /// we allow far more, bounded so the routing state stays a small message).
 pub const HEALTH_CHECKS_MAX: usize = 100_000;
-/// CIDR collections (Route 53: 5) and blocks per collection (Route 53: 1,000 per location).
+/// CIDR collections (Route 53: 5), and blocks over all collections together (Route 53: 1,000
+/// per location): the routing state travels to edges as one message.
 pub const CIDR_COLLECTIONS_MAX: usize = 1_000;
 pub const CIDR_BLOCKS_MAX: usize = 100_000;
 

@@ -842,10 +842,30 @@ impl Client {
                 let mut out = std::io::stdout().lock();
                 use std::io::Write;
                 writeln!(out, "$ORIGIN {}", absolute(&zone))?;
+                let mut routed = 0usize;
                 for s in sets {
+                    // A zone file has no routing policies or aliases: say so rather than
+                    // flattening every variant into one RRset.
+                    if !s.set_identifier.is_empty() || s.alias_target.is_some() {
+                        writeln!(
+                            out,
+                            "; not exported (routed): {} {} {}",
+                            s.name,
+                            s.r#type,
+                            routing_text(&s)
+                        )?;
+                        routed += 1;
+                        continue;
+                    }
                     for v in &s.values {
                         writeln!(out, "{}\t{}\tIN\t{}\t{}", s.name, s.ttl, s.r#type, v)?;
                     }
+                }
+                if routed > 0 {
+                    eprintln!(
+                        "warning: {routed} routed record set(s) (policies, aliases) are not in the \
+                         zone file; `meridian record list {zone}` shows them"
+                    );
                 }
             }
         }
