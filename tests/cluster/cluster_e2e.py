@@ -296,11 +296,11 @@ def metrics(port):
 
 
 def cache_version(cache_dir):
-    """Version in an edge's catalog.bin (magic 8, schema 4, version 8 BE), or None."""
+    """Version in an edge's catalog.bin (magic MRDNCAT2 8, schema 4, version 8 BE), or None."""
     try:
         with open(os.path.join(cache_dir, "catalog.bin"), "rb") as f:
             head = f.read(20)
-        if len(head) < 20 or head[:8] != b"MRDNCAT1":
+        if len(head) < 20 or head[:8] != b"MRDNCAT2":
             return None
         return int.from_bytes(head[12:20], "big")
     except OSError:
@@ -578,9 +578,9 @@ def scenario_2(cl):
     expect_error(cl, "record apply of malformed JSON", ["record", "apply", ZONE, "--file", bad_json], ["JSON", "Syntax", "bad.json"])
     weight = write(tmp, "weight.json", json.dumps({"Changes": [{"Action": "UPSERT", "ResourceRecordSet": {
         "Name": "w." + ZONE, "Type": "A", "TTL": 60, "SetIdentifier": "a", "Weight": 10,
-        "ResourceRecords": [{"Value": "192.0.2.1"}]}}]}))
-    expect_error(cl, "record apply with a routing policy (Weight)", ["record", "apply", ZONE, "--file", weight],
-                 ["NotSupportedYet", "SetIdentifier", "Weight"])
+        "HealthCheckId": "no-such-check", "ResourceRecords": [{"Value": "192.0.2.1"}]}}]}))
+    expect_error(cl, "record apply of a weighted set naming an unknown health check", ["record", "apply", ZONE, "--file", weight],
+                 ["HealthCheckUnknown", "no-such-check"])
     # All or nothing: a valid change next to an invalid one applies neither.
     mixed = write(tmp, "mixed.json", json.dumps({"Comment": "one good, one bad", "Changes": [
         {"Action": "CREATE", "ResourceRecordSet": {"Name": "good." + ZONE, "Type": "A", "TTL": 60,
