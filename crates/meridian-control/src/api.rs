@@ -956,6 +956,72 @@ impl edge_sync_server::EdgeSync for Api {
         result
     }
 
+    async fn probe_assignments(
+        &self,
+        request: Request<v1::ProbeAssignmentsRequest>,
+    ) -> Result<Response<v1::ProbeAssignmentsResponse>, Status> {
+        let req = request.into_inner();
+        let now = now_ms();
+        // The POP's live edges, this one included: each check goes to one of them.
+        let mut in_pop: Vec<String> = self
+            .node
+            .edges
+            .list()
+            .into_iter()
+            .filter(|e| e.pop == req.pop && !e.is_stale(now))
+            .map(|e| e.edge_id)
+            .collect();
+        if !in_pop.contains(&req.edge_id) {
+            in_pop.push(req.edge_id.clone());
+        }
+        in_pop.sort();
+        let me = in_pop.iter().position(|e| *e == req.edge_id).unwrap_or(0);
+        let state = self.node.sm.state.read().expect("state lock");
+        let checks = state
+            .routing_objects
+            .health_checks
+            .values()
+            .filter(|h| {
+                let Ok(spec) = meridian_core::health::parse_config(&h.config) else {
+                    return false;
+                };
+                spec.kind != meridian_core::health::CheckKind::Calculated
+                    && !spec.disabled
+                    && (spec.pops.is_empty() || spec.pops.contains(&req.pop))
+                    && stable_hash(&h.id) as usize % in_pop.len() == me
+            })
+            .map(|h| v1::ProbeAssignment {
+                check_id: h.id.clone(),
+                config_json: h.config.clone(),
+            })
+            .collect();
+        Ok(Response::new(v1::ProbeAssignmentsResponse { checks }))
+    }
+
+    async fn report_probes(
+        &self,
+        request: Request<v1::ProbeReport>,
+    ) -> Result<Response<v1::ReportReply>, Status> {
+        let r = request.into_inner();
+        let outcomes: Vec<crate::probes::ProbeOutcome> = r
+            .results
+            .into_iter()
+            .map(|p| crate::probes::ProbeOutcome {
+                check_id: p.check_id,
+                ok: p.ok,
+                rtt_ms: p.rtt_ms,
+                detail: p.detail,
+                at_ms: p.at_unix_ms,
+            })
+            .collect();
+        let touched = {
+            let state = self.node.sm.state.read().expect("state lock");
+            self.node.health_views.observe(&state, &r.pop, &outcomes)
+        };
+        self.node.propose_health_transitions(Some(&touched));
+        Ok(Response::new(v1::ReportReply {}))
+    }
+
     async fn list_edges(
         &self,
         request: Request<v1::ListEdgesRequest>,
@@ -995,6 +1061,16 @@ impl edge_sync_server::EdgeSync for Api {
         self.node.metrics.call("ListEdges", code_of(&result));
         result
     }
+}
+
+/// FNV-1a: the same check goes to the same edge on every control node.
+fn stable_hash(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
 }
 
 /// Health check ids: random enough to be unique across the cluster, as Route 53's UUIDs.
@@ -1057,10 +1133,12 @@ fn check_health_config(text: &str) -> Result<String, Status> {
 }
 
 fn health_status_text(h: &crate::state::HealthCheck) -> &'static str {
-    match h.status_override {
-        Some(true) => "healthy (operator)",
-        Some(false) => "unhealthy (operator)",
-        None => "no data: healthy",
+    match (h.status_override, h.probe_status) {
+        (Some(true), _) => "healthy (operator)",
+        (Some(false), _) => "unhealthy (operator)",
+        (None, Some(true)) => "healthy (probes)",
+        (None, Some(false)) => "unhealthy (probes)",
+        (None, None) => "no data: healthy",
     }
 }
 
@@ -1149,6 +1227,8 @@ impl routing_server::Routing for Api {
     ) -> Result<Response<v1::HealthCheck>, Status> {
         let result: Result<_, Status> = async move {
             let req = request.into_inner();
+            meridian_core::health::parse_config(&req.config_json)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             let config = check_health_config(&req.config_json)?;
             let id = new_health_check_id(&self.node);
             let command = Command::HealthCheckCreate {
@@ -1166,6 +1246,8 @@ impl routing_server::Routing for Api {
                 config_json: config,
                 status: "no data: healthy".into(),
                 version: info.version,
+                evidence: String::new(),
+                pops: Vec::new(),
             }))
         }
         .await;
@@ -1213,6 +1295,28 @@ impl routing_server::Routing for Api {
                         config_json: h.config.clone(),
                         status: health_status_text(h).into(),
                         version: h.created_version,
+                        evidence: h.evidence.clone(),
+                        pops: self
+                            .node
+                            .health_views
+                            .of(&h.id)
+                            .into_iter()
+                            .map(|(pop, v)| v1::PopHealth {
+                                pop,
+                                verdict: match v.healthy {
+                                    Some(true) => "healthy",
+                                    Some(false) => "unhealthy",
+                                    None => "no data",
+                                }
+                                .into(),
+                                last_ok: v.last_ok,
+                                last_rtt_ms: v.last_rtt_ms,
+                                last_detail: v.last_detail,
+                                last_unix_ms: v.last_ms,
+                                consecutive_failures: v.consecutive_failures,
+                                consecutive_successes: v.consecutive_successes,
+                            })
+                            .collect(),
                     })
                     .collect(),
             }))

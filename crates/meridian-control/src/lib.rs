@@ -17,6 +17,7 @@ pub mod log_store;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod probes;
 pub mod sm_store;
 pub mod state;
 pub mod types;

@@ -48,6 +48,8 @@ pub struct ControlNode {
     pub committed_index: Arc<AtomicU64>,
     /// Geo database for `explain --client/--ecs` (the same kind edges use); set once at start.
     pub geo: std::sync::OnceLock<Arc<dyn meridian_core::policy::GeoLookup>>,
+    /// Every POP's probe results per health check, for the leader's decisions.
+    pub health_views: crate::probes::HealthViews,
     change_counter: AtomicU64,
     /// The leader's address and a client for it, reused by forwarded writes and reads (a new
     /// HTTP/2 connection per forwarded write would cost a TCP handshake each).
@@ -106,7 +108,7 @@ impl ControlNode {
         let raft = Raft::new(id, config, Network, log, sm.clone())
             .await
             .map_err(|e| Error::Raft(e.to_string()))?;
-        Ok(Arc::new(ControlNode {
+        let node = Arc::new(ControlNode {
             id,
             addr,
             raft,
@@ -116,8 +118,11 @@ impl ControlNode {
             metrics: crate::metrics::ApiMetrics::default(),
             change_counter: AtomicU64::new(0),
             geo: std::sync::OnceLock::new(),
+            health_views: crate::probes::HealthViews::default(),
             leader_client: std::sync::Mutex::new(None),
-        }))
+        });
+        node.spawn_health_pass();
+        Ok(node)
     }
 
     /// A change id unique across the cluster: node id, time, counter.
@@ -287,5 +292,63 @@ impl ControlNode {
             .await
             .map_err(|s| Error::Forward(s.message().to_string()))?;
         crate::codec::decode(&reply.into_inner().data).map_err(|e| Error::Forward(e.to_string()))
+    }
+}
+
+impl ControlNode {
+    /// Whether this node leads now (only the leader proposes health transitions).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// Proposes the health transitions this node's views call for (leader only). `only`: the
+    /// checks a report touched; `None`: all (the periodic pass).
+    pub fn propose_health_transitions(
+        self: &Arc<Self>,
+        only: Option<&std::collections::BTreeSet<String>>,
+    ) {
+        if !self.is_leader() {
+            return;
+        }
+        let decisions = {
+            let state = self.sm.state.read().expect("state lock");
+            self.health_views.decide(&state, now_ms(), only)
+        };
+        for (id, healthy, evidence) in decisions {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let command = crate::types::Command::HealthTransition {
+                    id: id.clone(),
+                    healthy,
+                    evidence: evidence.clone(),
+                    change_id: node.next_change_id(),
+                    submitted_ms: now_ms(),
+                };
+                match node.write(command).await {
+                    Ok(_) => tracing::info!(check = %id, healthy, %evidence, "health transition"),
+                    Err(e) => {
+                        tracing::warn!(check = %id, error = %e, "health transition not written")
+                    }
+                }
+                node.health_views.done(&id);
+            });
+        }
+    }
+
+    /// The periodic pass: POPs that went quiet and calculated checks (every second).
+    pub fn spawn_health_pass(self: &Arc<Self>) {
+        /// How often every check is re-decided (reports decide their own checks at once).
+        const HEALTH_PASS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+        let node = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEALTH_PASS_INTERVAL);
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else {
+                    return;
+                };
+                node.propose_health_transitions(None);
+            }
+        });
     }
 }

@@ -144,9 +144,22 @@ pub struct HealthCheck {
     pub caller_reference: String,
     /// Route 53 `HealthCheckConfig`, JSON.
     pub config: String,
-    /// Operator verdict; `None`: automatic (no data until probes decide: healthy).
+    /// Operator verdict; `None`: automatic (the probes' verdict).
     pub status_override: Option<bool>,
     pub created_version: u64,
+    /// The probes' verdict by quorum of POPs; `None`: no data yet (healthy, as Route 53).
+    #[serde(default)]
+    pub probe_status: Option<bool>,
+    /// Why the last probe transition happened.
+    #[serde(default)]
+    pub evidence: String,
+}
+
+impl HealthCheck {
+    /// The verdict edges use: the operator's, else the probes', else none (healthy).
+    pub fn verdict(&self) -> Option<bool> {
+        self.status_override.or(self.probe_status)
+    }
 }
 
 /// Health checks and CIDR collections: persisted together (small, rewritten whole on change).
@@ -163,7 +176,7 @@ impl RoutingObjects {
             health: self
                 .health_checks
                 .values()
-                .filter_map(|h| h.status_override.map(|v| (h.id.clone(), v)))
+                .filter_map(|h| h.verdict().map(|v| (h.id.clone(), v)))
                 .collect(),
             cidr: self.cidr.clone(),
         }
@@ -475,6 +488,8 @@ impl State {
                         config: config.clone(),
                         status_override: None,
                         created_version: index,
+                        probe_status: None,
+                        evidence: String::new(),
                     },
                 );
                 (
@@ -532,6 +547,34 @@ impl State {
                     change_id,
                     *submitted_ms,
                     format!("health check {id} set {what}"),
+                )
+            }
+            Command::HealthTransition {
+                id,
+                healthy,
+                evidence,
+                change_id,
+                submitted_ms,
+            } => {
+                let Some(h) = objects.health_checks.get_mut(id) else {
+                    return (
+                        rejected("NoSuchHealthCheck", format!("no health check {id}")),
+                        None,
+                    );
+                };
+                if h.probe_status == Some(*healthy) {
+                    return (
+                        rejected("NoChange", format!("health check {id} is already so")),
+                        None,
+                    );
+                }
+                h.probe_status = Some(*healthy);
+                h.evidence = evidence.clone();
+                let what = if *healthy { "healthy" } else { "unhealthy" };
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("health check {id} {what}: {evidence}"),
                 )
             }
             Command::CidrCollectionPut {
@@ -920,6 +963,7 @@ impl State {
             Command::HealthCheckCreate { .. }
             | Command::HealthCheckDelete { .. }
             | Command::HealthStatusSet { .. }
+            | Command::HealthTransition { .. }
             | Command::CidrCollectionPut { .. }
             | Command::CidrCollectionDelete { .. } => {
                 self.apply_routing_command(index, command, persist)

@@ -51,6 +51,15 @@ pub enum Command {
         change_id: String,
         submitted_ms: u64,
     },
+    /// A check's probe verdict changed (decided by the leader from the POPs' results). Only
+    /// transitions are written; `evidence` says which POPs saw what.
+    HealthTransition {
+        id: String,
+        healthy: bool,
+        evidence: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
     /// Creates or replaces a CIDR collection whole (IP-based routing).
     CidrCollectionPut {
         name: String,
@@ -135,6 +144,7 @@ impl Command {
             | Command::HealthCheckCreate { change_id, .. }
             | Command::HealthCheckDelete { change_id, .. }
             | Command::HealthStatusSet { change_id, .. }
+            | Command::HealthTransition { change_id, .. }
             | Command::CidrCollectionPut { change_id, .. }
             | Command::CidrCollectionDelete { change_id, .. } => change_id,
             Command::ImportBegin { .. }

@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod catalog;
 pub mod change;
+pub mod health;
 pub mod name;
 pub mod policy;
 pub mod query;

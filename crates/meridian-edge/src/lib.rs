@@ -8,6 +8,7 @@
 
 pub mod geo;
 pub mod metrics;
+pub mod probe;
 pub mod sync;
 pub mod tcp;
 pub mod udp;
@@ -276,6 +277,14 @@ pub async fn start_controlled(
         catalog: edge.catalog.clone(),
         stats: stats.clone(),
     };
+    edge.background.push(tokio::spawn(probe::run(
+        probe::ProberOptions {
+            control: sync_options.control.clone(),
+            edge_id: sync_options.edge_id.clone(),
+            pop: sync_options.pop.clone(),
+        },
+        shutdown.clone(),
+    )));
     edge.background.push(tokio::spawn(sync::run(
         served,
         sync_options,

@@ -167,6 +167,15 @@ pub enum HealthCmd {
     Delete { id: String },
     /// Every health check with its status.
     List,
+    /// One check: the verdict edges use, the last transition's evidence, and each POP's last
+    /// results as this control node sees them.
+    Status {
+        id: String,
+        /// Print the status again every second until interrupted (transitions show as they
+        /// happen).
+        #[arg(long)]
+        watch: bool,
+    },
     /// Force a check's verdict (reaches every edge through the catalog), or return it to auto.
     SetStatus {
         id: String,
@@ -369,16 +378,82 @@ impl Client {
                     })
                     .await?;
                 match self.output {
-                    Output::Json => self.print_json(json!(list.health_checks.iter().map(|h| json!({
-                        "id": h.id, "status": h.status, "caller_reference": h.caller_reference,
-                        "config": serde_json::from_str::<serde_json::Value>(&h.config_json).unwrap_or_default(),
-                    })).collect::<Vec<_>>())),
+                    Output::Json => self.print_json(json!(
+                        list.health_checks
+                            .iter()
+                            .map(health_json)
+                            .collect::<Vec<_>>()
+                    )),
                     Output::Table => {
                         println!("{:<22} {:<22} CONFIG", "ID", "STATUS");
                         for h in list.health_checks {
                             println!("{:<22} {:<22} {}", h.id, h.status, h.config_json);
                         }
                     }
+                }
+            }
+            HealthCmd::Status { id, watch } => {
+                let mut last = String::new();
+                loop {
+                    let list = self
+                        .call(|c| async move {
+                            Self::routing(c)
+                                .list_health_checks(v1::ListHealthChecksRequest { stale: true })
+                                .await
+                                .map(|r| r.into_inner())
+                        })
+                        .await?;
+                    let h = list
+                        .health_checks
+                        .into_iter()
+                        .find(|h| h.id == id)
+                        .ok_or_else(|| anyhow!("no health check {id}"))?;
+                    let text = match self.output {
+                        Output::Json => serde_json::to_string_pretty(&health_json(&h))?,
+                        Output::Table => {
+                            let mut t = format!("{}  {}\n", h.id, h.status);
+                            if !h.evidence.is_empty() {
+                                t.push_str(&format!("last transition: {}\n", h.evidence));
+                            }
+                            t.push_str(&format!(
+                                "{:<12} {:<10} {:<6} {:>7} {:>5} {:>5}  DETAIL\n",
+                                "POP", "VERDICT", "LAST", "RTT ms", "FAILS", "OKS"
+                            ));
+                            for p in &h.pops {
+                                t.push_str(&format!(
+                                    "{:<12} {:<10} {:<6} {:>7} {:>5} {:>5}  {}\n",
+                                    p.pop,
+                                    p.verdict,
+                                    if p.last_ok { "ok" } else { "FAIL" },
+                                    p.last_rtt_ms,
+                                    p.consecutive_failures,
+                                    p.consecutive_successes,
+                                    p.last_detail
+                                ));
+                            }
+                            t
+                        }
+                    };
+                    if !watch {
+                        print!("{text}");
+                        break;
+                    }
+                    // --watch: print when the verdict or a POP's verdict changes.
+                    let key = format!(
+                        "{} {}",
+                        h.status,
+                        h.pops
+                            .iter()
+                            .map(|p| format!("{}={}", p.pop, p.verdict))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                    if key != last {
+                        println!("--- {}", chrono_now());
+                        print!("{text}");
+                        last = key;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
             HealthCmd::SetStatus { id, status } => {
@@ -1365,4 +1440,26 @@ fn routing_text(s: &v1::RecordSet) -> String {
         parts.push("fail-closed".into());
     }
     parts.join(", ")
+}
+
+fn health_json(h: &v1::HealthCheck) -> serde_json::Value {
+    json!({
+        "id": h.id, "status": h.status, "caller_reference": h.caller_reference,
+        "config": serde_json::from_str::<serde_json::Value>(&h.config_json).unwrap_or_default(),
+        "evidence": h.evidence,
+        "pops": h.pops.iter().map(|p| json!({
+            "pop": p.pop, "verdict": p.verdict, "last_ok": p.last_ok, "last_rtt_ms": p.last_rtt_ms,
+            "last_detail": p.last_detail, "last_unix_ms": p.last_unix_ms,
+            "consecutive_failures": p.consecutive_failures,
+            "consecutive_successes": p.consecutive_successes,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Seconds since the epoch with milliseconds, for `--watch` lines.
+fn chrono_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:03}", d.as_secs(), d.subsec_millis())
 }

@@ -1,0 +1,316 @@
+//! Health probing from this edge: the checks the control plane assigns to it (its POP's share,
+//! spread over the POP's edges), probed on their interval with jitter, bounded concurrency and
+//! timeouts; every result, with its RTT, is reported to every control node.
+//!
+//! The decision is not made here: a POP's verdict and the check's status by quorum are the
+//! control plane leader's (`meridian_core::health`), so every edge answers the same.
+//! Probes: TCP (connect), HTTP and HTTP_STR_MATCH (GET, status, first 5,120 body bytes).
+//! HTTPS probes are not done yet (an HTTPS check gets no data from this edge: it stays
+//! "no data: healthy" unless another prober reports).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_core::health::{self, CheckKind, HealthCheckSpec, SEARCH_BYTES_MAX};
+use meridian_proto::v1;
+use meridian_proto::v1::edge_sync_client::EdgeSyncClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+/// How often the assignment is refreshed (a new check starts being probed within this).
+pub const ASSIGNMENT_REFRESH: Duration = Duration::from_secs(2);
+/// Probes in flight at once per edge: bounds sockets and memory whatever the check count.
+pub const PROBES_IN_FLIGHT_MAX: usize = 256;
+/// Checks one edge probes at most.
+pub const ASSIGNED_CHECKS_MAX: usize = 10_000;
+/// Results waiting to be reported; beyond this the oldest are dropped (the next ones matter).
+pub const RESULTS_QUEUE_MAX: usize = 20_000;
+/// Results are sent at least this often: part of the failover time budget.
+pub const REPORT_FLUSH: Duration = Duration::from_millis(50);
+/// Scheduler tick: probe start times are this precise.
+const TICK: Duration = Duration::from_millis(20);
+/// HTTP response bytes read at most (headers and the searched start of the body).
+const HTTP_READ_BYTES_MAX: usize = 16 * 1024 + SEARCH_BYTES_MAX;
+
+#[derive(Clone, Debug)]
+pub struct ProberOptions {
+    pub control: Vec<String>,
+    pub edge_id: String,
+    pub pop: String,
+}
+
+struct Scheduled {
+    spec: Arc<HealthCheckSpec>,
+    config: String,
+    next: Instant,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn jitter(id: &str, interval_ms: u32) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Duration::from_millis(h % u64::from(interval_ms.max(1)))
+}
+
+async fn client(addr: &str) -> Option<EdgeSyncClient<tonic::transport::Channel>> {
+    let url = if addr.starts_with("http") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url)
+        .ok()?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(2));
+    Some(EdgeSyncClient::new(endpoint.connect_lazy()))
+}
+
+/// Runs until `stop` flips.
+pub async fn run(options: ProberOptions, mut stop: watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::channel::<v1::ProbeResult>(RESULTS_QUEUE_MAX);
+    let reporter = tokio::spawn(report(options.clone(), rx, stop.clone()));
+    let mut clients = Vec::new();
+    for c in &options.control {
+        if let Some(cl) = client(c).await {
+            clients.push(cl);
+        }
+    }
+    let permits = Arc::new(Semaphore::new(PROBES_IN_FLIGHT_MAX));
+    let mut schedule: HashMap<String, Scheduled> = HashMap::new();
+    let mut refreshed = Instant::now() - ASSIGNMENT_REFRESH;
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => break,
+        }
+        if *stop.borrow() {
+            break;
+        }
+        if refreshed.elapsed() >= ASSIGNMENT_REFRESH {
+            refreshed = Instant::now();
+            if let Some(assigned) = fetch_assignments(&mut clients, &options).await {
+                let mut next: HashMap<String, Scheduled> = HashMap::new();
+                for a in assigned.into_iter().take(ASSIGNED_CHECKS_MAX) {
+                    if let Some(old) = schedule
+                        .remove(&a.check_id)
+                        .filter(|s| s.config == a.config_json)
+                    {
+                        next.insert(a.check_id, old);
+                        continue;
+                    }
+                    match health::parse_config(&a.config_json) {
+                        Ok(spec) if spec.kind.uses_tls() => {
+                            tracing::debug!(check = %a.check_id, "HTTPS probes are not done yet");
+                        }
+                        Ok(spec) => {
+                            let first =
+                                Instant::now() + jitter(&a.check_id, spec.request_interval_ms);
+                            next.insert(
+                                a.check_id,
+                                Scheduled {
+                                    spec: Arc::new(spec),
+                                    config: a.config_json,
+                                    next: first,
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(check = %a.check_id, error = %e, "unusable health check")
+                        }
+                    }
+                }
+                schedule = next;
+            }
+        }
+        let now = Instant::now();
+        for (id, s) in schedule.iter_mut() {
+            if s.next > now {
+                continue;
+            }
+            let interval = Duration::from_millis(u64::from(s.spec.request_interval_ms));
+            s.next += interval;
+            if s.next < now {
+                // Fell behind (a pause): skip the missed probes rather than bursting.
+                s.next = now + interval;
+            }
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue; // saturated: this round is skipped for this check
+            };
+            let (id, spec, tx) = (id.clone(), s.spec.clone(), tx.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (ok, detail) = probe(&spec).await;
+                let result = v1::ProbeResult {
+                    check_id: id,
+                    ok,
+                    rtt_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+                    detail,
+                    at_unix_ms: now_ms(),
+                };
+                let _ = tx.try_send(result);
+                drop(permit);
+            });
+        }
+    }
+    drop(tx);
+    let _ = reporter.await;
+}
+
+async fn fetch_assignments(
+    clients: &mut [EdgeSyncClient<tonic::transport::Channel>],
+    options: &ProberOptions,
+) -> Option<Vec<v1::ProbeAssignment>> {
+    for c in clients.iter_mut() {
+        let req = v1::ProbeAssignmentsRequest {
+            edge_id: options.edge_id.clone(),
+            pop: options.pop.clone(),
+        };
+        if let Ok(r) = c.probe_assignments(req).await {
+            return Some(r.into_inner().checks);
+        }
+    }
+    None
+}
+
+/// Sends results to every control node (each keeps the views a future leader decides from).
+async fn report(
+    options: ProberOptions,
+    mut rx: mpsc::Receiver<v1::ProbeResult>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut clients = Vec::new();
+    for c in &options.control {
+        if let Some(cl) = client(c).await {
+            clients.push(cl);
+        }
+    }
+    let mut batch = Vec::new();
+    loop {
+        let deadline = tokio::time::sleep(REPORT_FLUSH);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => {
+                        batch.push(r);
+                        // Report a result at once when nothing else is queued: detection
+                        // time is part of the failover budget.
+                        if rx.is_empty() {
+                            break;
+                        }
+                    }
+                    None => return,
+                },
+                _ = &mut deadline => break,
+                _ = stop.changed() => return,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let report = v1::ProbeReport {
+            edge_id: options.edge_id.clone(),
+            pop: options.pop.clone(),
+            results: std::mem::take(&mut batch),
+        };
+        let sends = clients.iter().cloned().map(|mut c| {
+            let report = report.clone();
+            async move {
+                let _ = c.report_probes(report).await;
+            }
+        });
+        futures_join_all(sends).await;
+    }
+}
+
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futures.collect();
+    for f in handles {
+        f.await;
+    }
+}
+
+/// One probe: `(passed, what happened)`.
+pub async fn probe(spec: &HealthCheckSpec) -> (bool, String) {
+    let Some(ip) = spec.ip else {
+        return (false, "no IPAddress".into());
+    };
+    let addr = SocketAddr::new(ip, spec.port);
+    let timeout = Duration::from_millis(u64::from(spec.timeout_ms));
+    let outcome = tokio::time::timeout(timeout, async {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        if spec.kind == CheckKind::Tcp {
+            return Ok((true, "connected".to_string()));
+        }
+        let host = spec.fqdn.clone().unwrap_or_else(|| match ip {
+            std::net::IpAddr::V6(_) => format!("[{ip}]"),
+            std::net::IpAddr::V4(_) => ip.to_string(),
+        });
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: Meridian-Health-Check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            spec.resource_path
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; HTTP_READ_BYTES_MAX];
+        let mut len = 0;
+        loop {
+            let n = stream.read(&mut buf[len..]).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if len == buf.len() {
+                break;
+            }
+            // Enough when the headers and the searched part of the body are in.
+            if let Some(end) = find(&buf[..len], b"\r\n\r\n")
+                && (spec.search_string.is_none() || len >= end + 4 + SEARCH_BYTES_MAX)
+            {
+                break;
+            }
+        }
+        let response = &buf[..len];
+        let status = parse_status(response).ok_or("no HTTP status line")?;
+        let body = find(response, b"\r\n\r\n").map_or(&[][..], |e| &response[e + 4..]);
+        let ok = health::http_passes(spec, status, body);
+        Ok::<_, String>((ok, format!("HTTP {status}")))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => (false, e),
+        Err(_) => (false, format!("timeout after {} ms", spec.timeout_ms)),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn parse_status(response: &[u8]) -> Option<u16> {
+    let line = response.split(|b| *b == b'\n').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split_whitespace();
+    let version = parts.next()?;
+    if !version.starts_with("HTTP/") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
