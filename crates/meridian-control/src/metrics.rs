@@ -29,6 +29,11 @@ pub struct ApiMetrics {
     commit_buckets: [AtomicU64; COMMIT_BUCKETS_S.len()],
     commit_count: AtomicU64,
     commit_micros: AtomicU64,
+    /// Health transitions this node wrote (as leader), and the last one's detection time: from
+    /// the first failed (or, for a recovery, successful) probe of the run that decided it to
+    /// the transition's commit.
+    pub health_transitions: AtomicU64,
+    pub health_detect_millis_last: AtomicU64,
 }
 
 impl ApiMetrics {
@@ -86,6 +91,19 @@ pub fn render(node: &ControlNode) -> String {
     let _ = writeln!(
         out,
         "# TYPE meridian_catalog_version gauge\nmeridian_catalog_version {version}"
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE meridian_health_transitions_total counter\nmeridian_health_transitions_total {}",
+        node.metrics.health_transitions.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE meridian_health_detection_seconds_last gauge\nmeridian_health_detection_seconds_last {:.3}",
+        node.metrics
+            .health_detect_millis_last
+            .load(Ordering::Relaxed) as f64
+            / 1000.0
     );
     let _ = writeln!(out, "# TYPE meridian_api_requests_total counter");
     for ((method, code), n) in node.metrics.calls.lock().expect("metrics lock").iter() {

@@ -314,23 +314,32 @@ impl ControlNode {
             let state = self.sm.state.read().expect("state lock");
             self.health_views.decide(&state, now_ms(), only)
         };
-        for (id, healthy, evidence) in decisions {
+        for t in decisions {
             let node = self.clone();
             tokio::spawn(async move {
                 let command = crate::types::Command::HealthTransition {
-                    id: id.clone(),
-                    healthy,
-                    evidence: evidence.clone(),
+                    id: t.id.clone(),
+                    healthy: t.healthy,
+                    evidence: t.evidence.clone(),
                     change_id: node.next_change_id(),
                     submitted_ms: now_ms(),
                 };
                 match node.write(command).await {
-                    Ok(_) => tracing::info!(check = %id, healthy, %evidence, "health transition"),
+                    Ok(_) => {
+                        let took = now_ms().saturating_sub(t.run_started_ms);
+                        node.metrics
+                            .health_transitions
+                            .fetch_add(1, Ordering::Relaxed);
+                        node.metrics
+                            .health_detect_millis_last
+                            .store(took, Ordering::Relaxed);
+                        tracing::info!(check = %t.id, healthy = t.healthy, evidence = %t.evidence, detect_ms = took, "health transition");
+                    }
                     Err(e) => {
-                        tracing::warn!(check = %id, error = %e, "health transition not written")
+                        tracing::warn!(check = %t.id, error = %e, "health transition not written")
                     }
                 }
-                node.health_views.done(&id);
+                node.health_views.done(&t.id);
             });
         }
     }

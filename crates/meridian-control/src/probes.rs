@@ -28,6 +28,16 @@ pub struct ProbeOutcome {
     pub at_ms: u64,
 }
 
+/// A transition to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub id: String,
+    pub healthy: bool,
+    pub evidence: String,
+    /// When the run of probe results that decided it began (for the detection-time metric).
+    pub run_started_ms: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct HealthViews {
     /// check id → POP → view.
@@ -80,7 +90,7 @@ impl HealthViews {
             .unwrap_or_default()
     }
 
-    /// Transitions to propose now: (check, healthy, evidence), for probed checks whose status
+    /// Transitions to propose now, for probed checks whose status
     /// by quorum differs from the replicated one, and calculated checks whose children moved.
     /// Marks them in flight; [`HealthViews::done`] releases them. `only`: just these checks
     /// (those a report touched); `None`: every check (the periodic pass, which also sees POPs
@@ -90,7 +100,7 @@ impl HealthViews {
         state: &State,
         now_ms: u64,
         only: Option<&BTreeSet<String>>,
-    ) -> Vec<(String, bool, String)> {
+    ) -> Vec<Transition> {
         let views = self.views.lock().expect("health views lock");
         let mut in_flight = self.in_flight.lock().expect("in-flight lock");
         let mut out = Vec::new();
@@ -101,6 +111,7 @@ impl HealthViews {
             let Ok(spec) = health::parse_config(&h.config) else {
                 continue;
             };
+            let mut run_started_ms = now_ms;
             let decided = if spec.kind == health::CheckKind::Calculated {
                 let child = |c: &str| {
                     state
@@ -136,7 +147,28 @@ impl HealthViews {
                             .collect()
                     })
                     .unwrap_or_default();
-                health::status_by_quorum(&spec, &fresh).map(|healthy| (healthy, evidence(&fresh)))
+                let status = health::status_by_quorum(&spec, &fresh);
+                if let Some(healthy) = status {
+                    // When the results that decided it began: the earliest start of the current
+                    // run of agreeing results among the POPs.
+                    run_started_ms = fresh
+                        .values()
+                        .filter(|v| v.healthy == Some(healthy != spec.inverted))
+                        .map(|v| {
+                            let run = if v.last_ok {
+                                v.consecutive_successes
+                            } else {
+                                v.consecutive_failures
+                            };
+                            v.last_ms.saturating_sub(
+                                u64::from(run.saturating_sub(1))
+                                    * u64::from(spec.request_interval_ms),
+                            )
+                        })
+                        .min()
+                        .unwrap_or(now_ms);
+                }
+                status.map(|healthy| (healthy, evidence(&fresh)))
             };
             let Some((healthy, why)) = decided else {
                 continue;
@@ -144,7 +176,12 @@ impl HealthViews {
             // No data yet counts as healthy: only an unhealthy verdict needs writing then.
             if h.probe_status.unwrap_or(true) != healthy {
                 in_flight.insert(id.clone());
-                out.push((id.clone(), healthy, why));
+                out.push(Transition {
+                    id: id.clone(),
+                    healthy,
+                    evidence: why,
+                    run_started_ms,
+                });
             }
         }
         out
@@ -237,8 +274,8 @@ mod tests {
         }
         let d = views.decide(&state, now, None);
         assert_eq!(d.len(), 1);
-        assert!(!d[0].1);
-        assert!(d[0].2.contains("a: unhealthy"), "{}", d[0].2);
+        assert!(!d[0].healthy);
+        assert!(d[0].evidence.contains("a: unhealthy"), "{}", d[0].evidence);
         // In flight: not proposed twice.
         assert!(views.decide(&state, now, None).is_empty());
         views.done("hc");
@@ -255,7 +292,7 @@ mod tests {
         views.observe(&state, "c", &[result("hc", true, later)]);
         let d = views.decide(&state, later, None);
         assert_eq!(d.len(), 1);
-        assert!(d[0].1);
+        assert!(d[0].healthy);
     }
 
     #[test]
@@ -287,8 +324,8 @@ mod tests {
         ]);
         let d = HealthViews::default().decide(&state, 0, None);
         assert_eq!(d.len(), 1);
-        assert_eq!(d[0].0, "calc");
-        assert!(!d[0].1);
-        assert!(d[0].2.contains("1 of 3"), "{}", d[0].2);
+        assert_eq!(d[0].id, "calc");
+        assert!(!d[0].healthy);
+        assert!(d[0].evidence.contains("1 of 3"), "{}", d[0].evidence);
     }
 }

@@ -283,6 +283,7 @@ pub async fn start_controlled(
             edge_id: sync_options.edge_id.clone(),
             pop: sync_options.pop.clone(),
         },
+        stats.clone(),
         shutdown.clone(),
     )));
     edge.background.push(tokio::spawn(sync::run(

@@ -73,6 +73,12 @@ pub fn render(udp: &[Arc<UdpStats>], tcp: &TcpStats, sync: &SyncStats) -> String
     );
     let _ = writeln!(
         out,
+        "# TYPE meridian_edge_health_probes_total counter\nmeridian_edge_health_probes_total{{result=\"ok\"}} {}\nmeridian_edge_health_probes_total{{result=\"fail\"}} {}",
+        sync.probes_ok.load(Ordering::Relaxed),
+        sync.probes_failed.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# TYPE meridian_edge_apply_seconds_last gauge\nmeridian_edge_apply_seconds_last {:.6}",
         sync.apply_micros_last.load(Ordering::Relaxed) as f64 / 1e6
     );

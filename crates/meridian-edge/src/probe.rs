@@ -77,7 +77,11 @@ async fn client(addr: &str) -> Option<EdgeSyncClient<tonic::transport::Channel>>
 }
 
 /// Runs until `stop` flips.
-pub async fn run(options: ProberOptions, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    options: ProberOptions,
+    stats: Arc<crate::sync::SyncStats>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (tx, rx) = mpsc::channel::<v1::ProbeResult>(RESULTS_QUEUE_MAX);
     let reporter = tokio::spawn(report(options.clone(), rx, stop.clone()));
     let mut clients = Vec::new();
@@ -148,10 +152,16 @@ pub async fn run(options: ProberOptions, mut stop: watch::Receiver<bool>) {
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 continue; // saturated: this round is skipped for this check
             };
-            let (id, spec, tx) = (id.clone(), s.spec.clone(), tx.clone());
+            let (id, spec, tx, stats) = (id.clone(), s.spec.clone(), tx.clone(), stats.clone());
             tokio::spawn(async move {
                 let started = Instant::now();
                 let (ok, detail) = probe(&spec).await;
+                let counter = if ok {
+                    &stats.probes_ok
+                } else {
+                    &stats.probes_failed
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let result = v1::ProbeResult {
                     check_id: id,
                     ok,

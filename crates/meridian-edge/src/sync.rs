@@ -45,6 +45,9 @@ pub struct SyncStats {
     pub apply_micros_last: AtomicU64,
     pub apply_micros_total: AtomicU64,
     pub resyncs: AtomicU64,
+    /// Health probes done by this edge, by result.
+    pub probes_ok: AtomicU64,
+    pub probes_failed: AtomicU64,
     /// The next subscription asks for a full catalog (after a gap or a checksum failure).
     pub need_full: std::sync::atomic::AtomicBool,
 }
