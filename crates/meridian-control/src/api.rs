@@ -1293,7 +1293,19 @@ impl routing_server::Routing for Api {
                         id: h.id.clone(),
                         caller_reference: h.caller_reference.clone(),
                         config_json: h.config.clone(),
-                        status: health_status_text(h).into(),
+                        status: {
+                            let seen = self.node.health_views.of(&h.id);
+                            // Healthy is the starting status, so the first healthy verdict is
+                            // not written; say it comes from the probes once they have spoken.
+                            if h.status_override.is_none()
+                                && h.probe_status.is_none()
+                                && seen.values().any(|v| v.healthy.is_some())
+                            {
+                                "healthy (probes)".into()
+                            } else {
+                                health_status_text(h).into()
+                            }
+                        },
                         version: h.created_version,
                         evidence: h.evidence.clone(),
                         pops: self
