@@ -42,6 +42,10 @@ if [ -f tests/policy/policy_e2e.py ]; then
   echo "== routing policies end to end (meridian dev, dig +subnet, test and CC0 geo databases)"
   python3 tests/policy/policy_e2e.py --meridian target/release/meridian
 fi
+if [ -f tests/health/health_e2e.py ]; then
+  echo "== health checks end to end (HTTP/HTTPS/TCP endpoints on loopback, 3 POPs, quorum, leader kill)"
+  python3 tests/health/health_e2e.py --meridian target/release/meridian
+fi
 if [ -f tests/diff/knot_diff.py ]; then
   echo "== differential test against Knot DNS on tests/zones"
   python3 tests/diff/knot_diff.py --meridian target/release/meridian

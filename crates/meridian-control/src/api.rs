@@ -858,6 +858,17 @@ pub fn routing_to_proto(r: &RoutingState) -> v1::WireRoutingState {
                 })
             })
             .collect(),
+        rtt: r
+            .rtt
+            .iter()
+            .flat_map(|(pop, m)| {
+                m.iter().map(move |(check, ms)| v1::PopRtt {
+                    pop: pop.clone(),
+                    check_id: check.clone(),
+                    rtt_ms: *ms,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -1194,6 +1205,8 @@ struct ExplainEnv<'a> {
     client: Option<std::net::IpAddr>,
     location: Option<meridian_core::policy::Location>,
     rtt: BTreeMap<String, u32>,
+    /// The POP asked about (measured RTTs are per POP).
+    pop: String,
     rng: u64,
 }
 
@@ -1207,7 +1220,10 @@ impl meridian_core::policy::Environment for ExplainEnv<'_> {
     fn cidr_location(&self, collection: &str) -> Option<&str> {
         self.routing.cidr_location(collection, self.client?)
     }
-    fn rtt_ms(&self, region: &str) -> Option<u32> {
+    fn rtt_ms(&self, region: &str, check: Option<&str>) -> Option<u32> {
+        if let Some(ms) = check.and_then(|c| self.routing.rtt.get(&self.pop)?.get(c)) {
+            return Some(*ms);
+        }
         self.rtt.get(region).copied()
     }
     fn random(&mut self) -> u64 {
@@ -1558,6 +1574,7 @@ impl routing_server::Routing for Api {
                 client,
                 location,
                 rtt,
+                pop: req.pop.clone(),
                 rng: now_ms(),
             };
             let e = meridian_core::routed::explain(&lookup, &name, rtype, &mut env);

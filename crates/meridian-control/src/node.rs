@@ -295,6 +295,9 @@ impl ControlNode {
     }
 }
 
+/// The in-flight key of an RTT publication (not a valid check id: those start with `hc-`).
+const RTT_IN_FLIGHT: &str = " rtt";
+
 impl ControlNode {
     /// Whether this node leads now (only the leader proposes health transitions).
     pub fn is_leader(&self) -> bool {
@@ -344,6 +347,36 @@ impl ControlNode {
         }
     }
 
+    /// Publishes measured RTTs when they moved (leader only; at most one in flight).
+    pub fn publish_rtt(self: &Arc<Self>) {
+        if !self.is_leader() {
+            return;
+        }
+        let rtt = {
+            let state = self.sm.state.read().expect("state lock");
+            self.health_views.rtt_to_publish(&state, now_ms())
+        };
+        let Some(rtt) = rtt else {
+            return;
+        };
+        // One publication at a time, under the in-flight key of no real check.
+        if !self.health_views.try_begin(RTT_IN_FLIGHT) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let command = crate::types::Command::RttPublish {
+                rtt,
+                change_id: node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            if let Err(e) = node.write(command).await {
+                tracing::warn!(error = %e, "measured RTTs not published");
+            }
+            node.health_views.done(RTT_IN_FLIGHT);
+        });
+    }
+
     /// The periodic pass: POPs that went quiet and calculated checks (every second).
     pub fn spawn_health_pass(self: &Arc<Self>) {
         /// How often every check is re-decided (reports decide their own checks at once).
@@ -357,6 +390,7 @@ impl ControlNode {
                     return;
                 };
                 node.propose_health_transitions(None);
+                node.publish_rtt();
             }
         });
     }

@@ -15,6 +15,11 @@ use crate::state::State;
 /// [`VIEW_STALE_MIN_MS`]) no longer counts: its edges stopped probing it.
 pub const VIEW_STALE_INTERVALS: u64 = 3;
 pub const VIEW_STALE_MIN_MS: u64 = 10_000;
+/// Measured RTTs are republished only when one moves by more than this percentage and this
+/// many milliseconds: latency answers follow real changes, not jitter, and the catalog is not
+/// rewritten on every probe.
+pub const RTT_CHANGE_MIN_PERCENT: u64 = 20;
+pub const RTT_CHANGE_MIN_MS: u32 = 2;
 /// Checks one report may carry: a bound on the work one call does.
 pub const REPORT_RESULTS_MAX: usize = 10_000;
 
@@ -67,11 +72,21 @@ impl HealthViews {
             let Some(spec) = spec_of(state, &r.check_id) else {
                 continue;
             };
+            // A new view (this node restarted, or the POP is new) starts from the replicated
+            // verdict: an unhealthy check must still recover through RecoveryThreshold.
+            let stored = state
+                .routing_objects
+                .health_checks
+                .get(&r.check_id)
+                .and_then(|h| h.probe_status);
             views
                 .entry(r.check_id.clone())
                 .or_default()
                 .entry(pop.to_string())
-                .or_default()
+                .or_insert_with(|| PopView {
+                    healthy: stored.filter(|h| !h).map(|_| false),
+                    ..PopView::default()
+                })
                 .observe(&spec, r.ok, r.rtt_ms, &r.detail, r.at_ms);
             touched.insert(r.check_id.clone());
         }
@@ -185,6 +200,56 @@ impl HealthViews {
             }
         }
         out
+    }
+
+    /// The RTT map to publish, if the measured RTTs moved past the hysteresis since `published`
+    /// (a new or vanished entry, or a change of more than [`RTT_CHANGE_MIN_PERCENT`] and
+    /// [`RTT_CHANGE_MIN_MS`]). Only fresh views of existing, probed checks count.
+    pub fn rtt_to_publish(
+        &self,
+        state: &State,
+        now_ms: u64,
+    ) -> Option<BTreeMap<String, BTreeMap<String, u32>>> {
+        let views = self.views.lock().expect("health views lock");
+        let mut measured: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
+        for (id, pops) in views.iter() {
+            let Some(spec) = spec_of(state, id) else {
+                continue;
+            };
+            for (pop, v) in pops {
+                if v.smoothed_rtt_ms > 0 && is_fresh(&spec, v, now_ms) {
+                    measured
+                        .entry(pop.clone())
+                        .or_default()
+                        .insert(id.clone(), v.smoothed_rtt_ms);
+                }
+            }
+        }
+        let published = &state.routing_objects.rtt;
+        let moved = |a: u32, b: u32| {
+            let d = a.abs_diff(b);
+            d > RTT_CHANGE_MIN_MS
+                && u64::from(d) * 100 > u64::from(a.max(b)) * RTT_CHANGE_MIN_PERCENT
+        };
+        let same_keys = measured.len() == published.len()
+            && measured.iter().all(|(pop, m)| {
+                published
+                    .get(pop)
+                    .is_some_and(|p| p.len() == m.len() && m.keys().all(|k| p.contains_key(k)))
+            });
+        let changed = !same_keys
+            || measured
+                .iter()
+                .any(|(pop, m)| m.iter().any(|(c, ms)| moved(*ms, published[pop][c])));
+        changed.then_some(measured)
+    }
+
+    /// Marks `key` in flight; false if it already was.
+    pub fn try_begin(&self, key: &str) -> bool {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(key.to_string())
     }
 
     pub fn done(&self, id: &str) {
@@ -327,5 +392,49 @@ mod tests {
         assert_eq!(d[0].id, "calc");
         assert!(!d[0].healthy);
         assert!(d[0].evidence.contains("1 of 3"), "{}", d[0].evidence);
+    }
+
+    #[test]
+    fn a_restarted_node_keeps_an_unhealthy_check_unhealthy_until_recovery() {
+        // RecoveryThreshold 3: after a restart the views are empty, but the replicated verdict
+        // is unhealthy, so one success must not bring the check back.
+        let cfg = r#"{"Type":"TCP","IPAddress":"127.0.0.1","Port":9,"RequestInterval":1,"FailureThreshold":2,"RecoveryThreshold":3}"#;
+        let state = state_with(&[("hc", cfg, Some(false))]);
+        let views = HealthViews::default();
+        views.observe(&state, "a", &[result("hc", true, 10)]);
+        assert!(views.decide(&state, 10, None).is_empty());
+        views.observe(
+            &state,
+            "a",
+            &[result("hc", true, 11), result("hc", true, 12)],
+        );
+        let d = views.decide(&state, 12, None);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].healthy);
+    }
+
+    #[test]
+    fn measured_rtts_are_published_past_the_hysteresis_only() {
+        let mut state = state_with(&[("hc", TCP, None)]);
+        let views = HealthViews::default();
+        let at = |rtt: u32, ms: u64| ProbeOutcome {
+            rtt_ms: rtt,
+            ..result("hc", true, ms)
+        };
+        views.observe(&state, "fra", &[at(40, 100)]);
+        let first = views
+            .rtt_to_publish(&state, 100)
+            .expect("a new entry is published");
+        assert_eq!(first["fra"]["hc"], 40);
+        state.routing_objects.rtt = first;
+        // Jitter within 20% is not republished …
+        views.observe(&state, "fra", &[at(44, 101), at(38, 102)]);
+        assert!(views.rtt_to_publish(&state, 102).is_none());
+        // … a real move is (smoothed: it takes a few samples).
+        for i in 0..6 {
+            views.observe(&state, "fra", &[at(120, 103 + i)]);
+        }
+        let moved = views.rtt_to_publish(&state, 110).expect("moved");
+        assert!(moved["fra"]["hc"] > 80, "{moved:?}");
     }
 }

@@ -167,6 +167,9 @@ impl HealthCheck {
 pub struct RoutingObjects {
     pub health_checks: BTreeMap<String, HealthCheck>,
     pub cidr: BTreeMap<String, Vec<CidrBlock>>,
+    /// POP → check → smoothed RTT the POP's probes measure (latency records).
+    #[serde(default)]
+    pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 impl RoutingObjects {
@@ -179,6 +182,7 @@ impl RoutingObjects {
                 .filter_map(|h| h.verdict().map(|v| (h.id.clone(), v)))
                 .collect(),
             cidr: self.cidr.clone(),
+            rtt: self.rtt.clone(),
         }
     }
 }
@@ -548,6 +552,26 @@ impl State {
                     *submitted_ms,
                     format!("health check {id} set {what}"),
                 )
+            }
+            Command::RttPublish {
+                rtt,
+                change_id,
+                submitted_ms,
+            } => {
+                // Only checks that exist: a deleted check's RTTs go with it.
+                objects.rtt = rtt
+                    .iter()
+                    .map(|(pop, m)| {
+                        let kept: BTreeMap<String, u32> = m
+                            .iter()
+                            .filter(|(c, _)| objects.health_checks.contains_key(*c))
+                            .map(|(c, ms)| (c.clone(), *ms))
+                            .collect();
+                        (pop.clone(), kept)
+                    })
+                    .filter(|(_, m)| !m.is_empty())
+                    .collect();
+                (change_id, *submitted_ms, "measured RTTs".to_string())
             }
             Command::HealthTransition {
                 id,
@@ -964,6 +988,7 @@ impl State {
             | Command::HealthCheckDelete { .. }
             | Command::HealthStatusSet { .. }
             | Command::HealthTransition { .. }
+            | Command::RttPublish { .. }
             | Command::CidrCollectionPut { .. }
             | Command::CidrCollectionDelete { .. } => {
                 self.apply_routing_command(index, command, persist)

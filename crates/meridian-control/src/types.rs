@@ -60,6 +60,13 @@ pub enum Command {
         change_id: String,
         submitted_ms: u64,
     },
+    /// The measured RTTs latency records use: POP → check → smoothed ms, replaced whole (the
+    /// leader publishes it when a value moves by more than its hysteresis).
+    RttPublish {
+        rtt: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u32>>,
+        change_id: String,
+        submitted_ms: u64,
+    },
     /// Creates or replaces a CIDR collection whole (IP-based routing).
     CidrCollectionPut {
         name: String,
@@ -145,6 +152,7 @@ impl Command {
             | Command::HealthCheckDelete { change_id, .. }
             | Command::HealthStatusSet { change_id, .. }
             | Command::HealthTransition { change_id, .. }
+            | Command::RttPublish { change_id, .. }
             | Command::CidrCollectionPut { change_id, .. }
             | Command::CidrCollectionDelete { change_id, .. } => change_id,
             Command::ImportBegin { .. }

@@ -69,8 +69,11 @@ pub struct ServerConfig {
     /// Where clients are, for geolocation and geoproximity (none: those policies answer their
     /// default, or NODATA).
     pub geo: Option<Arc<dyn GeoLookup>>,
-    /// This POP's RTT to each region, for latency records (until probes measure them).
+    /// This POP's RTT to each region, for latency records whose endpoint this POP does not
+    /// probe (measured RTTs win).
     pub region_rtt_ms: Vec<(String, u32)>,
+    /// This edge's POP: which measured RTTs of the catalog apply here.
+    pub pop: String,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -91,6 +94,7 @@ impl Default for ServerConfig {
             udp_payload_max: UDP_PAYLOAD_DEFAULT,
             geo: None,
             region_rtt_ms: Vec::new(),
+            pop: String::new(),
         }
     }
 }
@@ -200,6 +204,7 @@ pub fn respond(
                     catalog,
                     geo: config.geo.as_deref(),
                     region_rtt_ms: &config.region_rtt_ms,
+                    pop: &config.pop,
                     // ECS /0: the resolver asks us not to tailor by client (RFC 7871 §7.1.2).
                     client: q
                         .edns
@@ -736,6 +741,8 @@ struct QueryEnv<'z, 's> {
     catalog: &'z Catalog,
     geo: Option<&'z dyn GeoLookup>,
     region_rtt_ms: &'z [(String, u32)],
+    /// This edge's POP (measured RTTs are per POP).
+    pop: &'z str,
     /// The ECS address when given, else the query's source.
     client: IpAddr,
     rng: &'s mut u64,
@@ -754,7 +761,16 @@ impl Environment for QueryEnv<'_, '_> {
             .routing()
             .cidr_location(collection, self.client)
     }
-    fn rtt_ms(&self, region: &str) -> Option<u32> {
+    fn rtt_ms(&self, region: &str, check: Option<&str>) -> Option<u32> {
+        if let Some(ms) = check.and_then(|c| {
+            self.catalog
+                .routing()
+                .rtt
+                .get(self.pop)
+                .and_then(|m| m.get(c))
+        }) {
+            return Some(*ms);
+        }
         self.region_rtt_ms
             .iter()
             .find(|(r, _)| r == region)

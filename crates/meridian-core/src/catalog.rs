@@ -24,6 +24,8 @@ pub struct RoutingState {
     pub health: BTreeMap<String, bool>,
     /// CIDR collection name → its blocks (location names in each block).
     pub cidr: BTreeMap<String, Vec<CidrBlock>>,
+    /// POP → health check → smoothed RTT (ms) its probes measure: what latency records use.
+    pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
 }
 
 impl RoutingState {
@@ -37,6 +39,11 @@ impl RoutingState {
         for (name, blocks) in &self.cidr {
             for b in blocks {
                 text.push_str(&format!("c {name} {b} {}\n", b.location));
+            }
+        }
+        for (pop, checks) in &self.rtt {
+            for (check, ms) in checks {
+                text.push_str(&format!("r {pop} {check} {ms}\n"));
             }
         }
         // An empty collection contributes nothing: edges receive blocks, not collections.

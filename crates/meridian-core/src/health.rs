@@ -316,6 +316,9 @@ pub struct PopView {
     pub last_rtt_ms: u32,
     pub last_detail: String,
     pub last_ms: u64,
+    /// RTT of successful probes, smoothed (EWMA, 1/4 weight to each new sample); 0: none yet.
+    #[serde(default)]
+    pub smoothed_rtt_ms: u32,
 }
 
 impl PopView {
@@ -334,6 +337,11 @@ impl PopView {
         self.last_ms = at_ms;
         let before = self.healthy;
         if ok {
+            self.smoothed_rtt_ms = if self.smoothed_rtt_ms == 0 {
+                rtt_ms.max(1)
+            } else {
+                ((u64::from(self.smoothed_rtt_ms) * 3 + u64::from(rtt_ms)) / 4).max(1) as u32
+            };
             self.consecutive_successes = self.consecutive_successes.saturating_add(1);
             self.consecutive_failures = 0;
             if self.consecutive_successes >= spec.recovery_threshold

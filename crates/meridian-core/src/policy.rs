@@ -334,8 +334,9 @@ pub trait Environment {
     fn location(&self) -> Option<Location<&str>>;
     /// The location name the client's address maps to in this CIDR collection.
     fn cidr_location(&self, collection: &str) -> Option<&str>;
-    /// Smoothed RTT in milliseconds from this POP to a region, if measured.
-    fn rtt_ms(&self, region: &str) -> Option<u32>;
+    /// RTT in milliseconds from this POP to a latency set: measured to the endpoint of its
+    /// health check when the POP probes it (smoothed), else this POP's table for the region.
+    fn rtt_ms(&self, region: &str, check: Option<&str>) -> Option<u32>;
     /// A uniformly random 64-bit draw (a per-worker PRNG in the edge, a fixed seed in tests).
     fn random(&mut self) -> u64;
 }
@@ -802,7 +803,7 @@ where
                     continue;
                 }
                 let rtt = match c.policy {
-                    Policy::Latency { region } => env.rtt_ms(region),
+                    Policy::Latency { region } => env.rtt_ms(region, c.health_check),
                     _ => None,
                 };
                 // Unmeasured regions rank after measured ones, in candidate order.

@@ -30,7 +30,7 @@ impl Environment for Env {
     fn cidr_location(&self, _collection: &str) -> Option<&str> {
         self.cidr.as_deref()
     }
-    fn rtt_ms(&self, region: &str) -> Option<u32> {
+    fn rtt_ms(&self, region: &str, _check: Option<&str>) -> Option<u32> {
         self.rtt.get(region).copied()
     }
     fn random(&mut self) -> u64 {

@@ -85,15 +85,12 @@ pub async fn run(
 ) {
     let (tx, rx) = mpsc::channel::<v1::ProbeResult>(RESULTS_QUEUE_MAX);
     let reporter = tokio::spawn(report(options.clone(), rx, stop.clone()));
-    let mut clients = Vec::new();
-    for c in &options.control {
-        if let Some(cl) = client(c).await {
-            clients.push(cl);
-        }
-    }
+    // Assignments are fetched by their own task: a control node that does not answer delays
+    // the next assignment, never a probe.
+    let (assign_tx, mut assign_rx) = watch::channel::<Option<Vec<v1::ProbeAssignment>>>(None);
+    tokio::spawn(fetch_loop(options.clone(), assign_tx, stop.clone()));
     let permits = Arc::new(Semaphore::new(PROBES_IN_FLIGHT_MAX));
     let mut schedule: HashMap<String, Scheduled> = HashMap::new();
-    let mut refreshed = Instant::now() - ASSIGNMENT_REFRESH;
     let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -103,9 +100,9 @@ pub async fn run(
         if *stop.borrow() {
             break;
         }
-        if refreshed.elapsed() >= ASSIGNMENT_REFRESH {
-            refreshed = Instant::now();
-            if let Some(assigned) = fetch_assignments(&mut clients, &options).await {
+        if assign_rx.has_changed().unwrap_or(false) {
+            let latest = assign_rx.borrow_and_update().clone();
+            if let Some(assigned) = latest {
                 let mut next: HashMap<String, Scheduled> = HashMap::new();
                 for a in assigned.into_iter().take(ASSIGNED_CHECKS_MAX) {
                     if let Some(old) = schedule
@@ -176,20 +173,43 @@ pub async fn run(
     let _ = reporter.await;
 }
 
-async fn fetch_assignments(
-    clients: &mut [EdgeSyncClient<tonic::transport::Channel>],
-    options: &ProberOptions,
-) -> Option<Vec<v1::ProbeAssignment>> {
-    for c in clients.iter_mut() {
-        let req = v1::ProbeAssignmentsRequest {
-            edge_id: options.edge_id.clone(),
-            pop: options.pop.clone(),
-        };
-        if let Ok(r) = c.probe_assignments(req).await {
-            return Some(r.into_inner().checks);
+/// A control node's answer is awaited at most this long (a hung node costs this, once).
+const CONTROL_CALL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Fetches the assignment every [`ASSIGNMENT_REFRESH`] from the first control node that
+/// answers, starting with the one that answered last.
+async fn fetch_loop(
+    options: ProberOptions,
+    out: watch::Sender<Option<Vec<v1::ProbeAssignment>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut clients = Vec::new();
+    for c in &options.control {
+        if let Some(cl) = client(c).await {
+            clients.push(cl);
         }
     }
-    None
+    let mut first = 0usize;
+    loop {
+        for k in 0..clients.len() {
+            let i = (first + k) % clients.len();
+            let req = v1::ProbeAssignmentsRequest {
+                edge_id: options.edge_id.clone(),
+                pop: options.pop.clone(),
+            };
+            if let Ok(Ok(r)) =
+                tokio::time::timeout(CONTROL_CALL_TIMEOUT, clients[i].probe_assignments(req)).await
+            {
+                first = i;
+                let _ = out.send(Some(r.into_inner().checks));
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ASSIGNMENT_REFRESH) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Sends results to every control node (each keeps the views a future leader decides from).
@@ -233,20 +253,13 @@ async fn report(
             pop: options.pop.clone(),
             results: std::mem::take(&mut batch),
         };
-        let sends = clients.iter().cloned().map(|mut c| {
-            let report = report.clone();
-            async move {
-                let _ = c.report_probes(report).await;
-            }
-        });
-        futures_join_all(sends).await;
-    }
-}
-
-async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let handles: Vec<_> = futures.collect();
-    for f in handles {
-        f.await;
+        // To every node at once, each with its own timeout: a hung node delays nobody.
+        for c in &clients {
+            let (mut c, report) = (c.clone(), report.clone());
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(CONTROL_CALL_TIMEOUT, c.report_probes(report)).await;
+            });
+        }
     }
 }
 

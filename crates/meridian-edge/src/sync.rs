@@ -86,6 +86,12 @@ fn routing_of(w: &v1::WireRoutingState) -> Result<RoutingState, ApplyError> {
                 location: c.location.clone(),
             });
     }
+    for e in &w.rtt {
+        r.rtt
+            .entry(e.pop.clone())
+            .or_default()
+            .insert(e.check_id.clone(), e.rtt_ms);
+    }
     Ok(r)
 }
 
@@ -606,6 +612,17 @@ fn routing_bytes(r: &RoutingState) -> Vec<u8> {
                     collection: collection.clone(),
                     location: b.location.clone(),
                     cidr: b.to_string(),
+                })
+            })
+            .collect(),
+        rtt: r
+            .rtt
+            .iter()
+            .flat_map(|(pop, m)| {
+                m.iter().map(move |(check, ms)| v1::PopRtt {
+                    pop: pop.clone(),
+                    check_id: check.clone(),
+                    rtt_ms: *ms,
                 })
             })
             .collect(),

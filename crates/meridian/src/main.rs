@@ -293,6 +293,7 @@ fn edge(args: EdgeArgs) -> Result<()> {
             udp_payload_max: args.udp_payload_max,
             geo: args.routing.geo()?,
             region_rtt_ms: args.routing.region_rtt.clone(),
+            pop: args.pop.clone(),
         },
     };
     let runtime = runtime(workers.clamp(1, 4))?;
@@ -405,6 +406,7 @@ async fn dev(args: DevArgs, api_listen: SocketAddr) -> Result<()> {
             udp_payload_max: UDP_PAYLOAD_DEFAULT,
             geo,
             region_rtt_ms: args.routing.region_rtt.clone(),
+            pop: args.pop.clone(),
         },
     };
     let sync = meridian_edge::sync::SyncOptions {
