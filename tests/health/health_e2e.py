@@ -326,10 +326,13 @@ class HttpEndpoint:
     500). allow_pids: None, or a set of PIDs: a connection opened by any other process gets 503
     (how the test makes an endpoint reachable from some POPs only; every edge is a process)."""
 
-    def __init__(self, name, mode="ready"):
+    def __init__(self, name, mode="ready", tls=False):
         self.name = name
         self.port = free_port()
         self.mode = mode
+        # tls: HTTPS with a self-signed certificate; the SNI names clients sent are recorded.
+        self.tls = tls
+        self.sni_seen = set()
         self.flap_s = 1.0
         self.allow_pids = None
         self.srv = None
@@ -381,6 +384,13 @@ class HttpEndpoint:
                 pass
 
         self.srv = _Server(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            import ssl
+            cert, key = _self_signed_cert()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            ctx.sni_callback = lambda _sock, name, _ctx: self.sni_seen.add(name)
+            self.srv.socket = ctx.wrap_socket(self.srv.socket, server_side=True)
         self.thread = threading.Thread(target=self.srv.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
         self.thread.start()
@@ -396,6 +406,21 @@ class HttpEndpoint:
     @property
     def up(self):
         return self.srv is not None
+
+
+_CERT = []
+
+
+def _self_signed_cert():
+    """A throwaway self-signed certificate (openssl), made once per run."""
+    if not _CERT:
+        d = tempfile.mkdtemp(prefix="meridian-health-tls-")
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                        "-out", cert, "-days", "1", "-subj", "/CN=api.https.test"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _CERT.extend([cert, key])
+    return _CERT[0], _CERT[1]
 
 
 class TcpEndpoint:
@@ -938,6 +963,46 @@ def sc_tcp(t):
     hung.stop()
 
 
+def sc_https(t):
+    """HTTPS_STR_MATCH against a self-signed server: SNI from FullyQualifiedDomainName, no
+    certificate validation (as Route 53), string match over TLS, failover when it stops."""
+    dev = t.dev
+    name = "https." + ZONE
+    primary, secondary = "10.23.0.1", "10.23.0.2"
+    ep = HttpEndpoint("https-primary", tls=True)
+    ENDPOINTS.append(ep)
+    ep.start()
+    cfg = http_check(ep.port, Type="HTTPS_STR_MATCH", SearchString="ready",
+                     FullyQualifiedDomainName="api.https.test")
+    hc = dev.health_create("HTTPS_STR_MATCH", cfg)
+    dev.apply(ZONE, "failover with an HTTPS check", batch_of("https", *failover_sets(name, primary, secondary, hc)))
+    dev.wait_status(hc, lambda s: (pop_view(s, DEV_POP) or {}).get("verdict") == "healthy"
+                    and (pop_view(s, DEV_POP) or {}).get("last_detail") == "HTTP 200", 10,
+                    "HTTPS check on a self-signed server: POP view healthy, detail 'HTTP 200'")
+    check("  … the probe sent SNI api.https.test (seen: %s)" % sorted(ep.sni_seen),
+          "api.https.test" in ep.sni_seen, sorted(ep.sni_seen))
+    dev.wait_answer(name, primary, title="HTTPS endpoint up: PRIMARY")
+    ep.mode = "starting"
+    d, took = dev.wait_answer(name, secondary, timeout=20)
+    check("HTTPS body without the search string: SECONDARY after %.2f s (<= 6 s)" % took,
+          d and took <= 6.0, d)
+    ep.mode = "ready"
+    dev.wait_answer(name, primary, title="HTTPS body ready again: PRIMARY")
+    ep.stop()
+    d, took = dev.wait_answer(name, secondary, timeout=20)
+    check("HTTPS endpoint stopped: SECONDARY after %.2f s (<= 6 s)" % took, d and took <= 6.0, d)
+    # health update replaces the config; the verdict carries over; health get shows it.
+    cfg["FailureThreshold"] = 3
+    path = dev.write("hc-https-update", cfg)
+    r = dev.cli("health", "update", hc, "--config", path)
+    check("health update %s (FailureThreshold 3)" % hc, r.ok, r)
+    r = dev.cli("health", "get", hc)
+    got = r.json if isinstance(r.json, dict) else {}
+    check("  … health get shows FailureThreshold 3 and the verdict carried over (%s)" % got.get("status"),
+          r.ok and (got.get("config") or {}).get("FailureThreshold") == 3
+          and got.get("status") == "unhealthy (probes)", r)
+
+
 def sc_calculated(t):
     dev = t.dev
     name = "calc." + ZONE
@@ -1360,7 +1425,7 @@ class T:
         self.cluster = None
 
 
-DEV_SCENARIOS = [("failover", sc_failover), ("flapping", sc_flapping), ("tcp", sc_tcp),
+DEV_SCENARIOS = [("failover", sc_failover), ("flapping", sc_flapping), ("tcp", sc_tcp), ("https", sc_https),
                  ("calculated", sc_calculated), ("restart", sc_restart)]
 CLUSTER_SCENARIOS = [("quorum", sc_quorum), ("leaderkill", sc_leaderkill), ("hungcontrol", sc_hungcontrol)]
 SCENARIOS = DEV_SCENARIOS + CLUSTER_SCENARIOS

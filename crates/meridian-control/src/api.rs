@@ -1293,6 +1293,29 @@ impl routing_server::Routing for Api {
         result
     }
 
+    async fn update_health_check(
+        &self,
+        request: Request<v1::UpdateHealthCheckRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            meridian_core::health::parse_config(&req.config_json)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let config = check_health_config(&req.config_json)?;
+            let command = Command::HealthCheckUpdate {
+                id: req.id,
+                config,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node.metrics.call("UpdateHealthCheck", code_of(&result));
+        result
+    }
+
     async fn list_health_checks(
         &self,
         request: Request<v1::ListHealthChecksRequest>,

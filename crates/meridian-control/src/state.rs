@@ -553,6 +553,18 @@ impl State {
                     format!("health check {id} set {what}"),
                 )
             }
+            Command::HealthCheckUpdate {
+                id,
+                config,
+                change_id,
+                submitted_ms,
+            } => {
+                let Some(h) = objects.health_checks.get_mut(id) else {
+                    return (rejected("NoSuchHealthCheck", format!("no health check {id}")), None);
+                };
+                h.config = config.clone();
+                (change_id, *submitted_ms, format!("update health check {id}"))
+            }
             Command::RttPublish {
                 rtt,
                 change_id,
@@ -989,6 +1001,7 @@ impl State {
             | Command::HealthStatusSet { .. }
             | Command::HealthTransition { .. }
             | Command::RttPublish { .. }
+            | Command::HealthCheckUpdate { .. }
             | Command::CidrCollectionPut { .. }
             | Command::CidrCollectionDelete { .. } => {
                 self.apply_routing_command(index, command, persist)

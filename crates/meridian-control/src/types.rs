@@ -37,6 +37,13 @@ pub enum Command {
         change_id: String,
         submitted_ms: u64,
     },
+    /// Replaces a check's config (validated by the proposer); status and evidence carry over.
+    HealthCheckUpdate {
+        id: String,
+        config: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
     /// Removes a health check no record set uses.
     HealthCheckDelete {
         id: String,
@@ -152,6 +159,7 @@ impl Command {
             | Command::HealthCheckDelete { change_id, .. }
             | Command::HealthStatusSet { change_id, .. }
             | Command::HealthTransition { change_id, .. }
+            | Command::HealthCheckUpdate { change_id, .. }
             | Command::RttPublish { change_id, .. }
             | Command::CidrCollectionPut { change_id, .. }
             | Command::CidrCollectionDelete { change_id, .. } => change_id,

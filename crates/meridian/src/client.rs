@@ -163,6 +163,14 @@ pub enum HealthCmd {
         #[arg(long, default_value = "")]
         caller_reference: String,
     },
+    /// Replace a check's config (its verdict carries over).
+    Update {
+        id: String,
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// One check: its config and status (as `status`, without following it).
+    Get { id: String },
     /// Delete a health check no record set uses.
     Delete { id: String },
     /// Every health check with its status.
@@ -353,6 +361,28 @@ impl Client {
                         .print_json(json!({"id": h.id, "status": h.status, "version": h.version})),
                     Output::Table => println!("health check {}  {}", h.id, h.status),
                 }
+            }
+            HealthCmd::Update { id, config } => {
+                let text = std::fs::read_to_string(&config)
+                    .with_context(|| format!("reading {}", config.display()))?;
+                let change = self
+                    .call(|c| {
+                        let req = v1::UpdateHealthCheckRequest {
+                            id: id.clone(),
+                            config_json: text.clone(),
+                        };
+                        async move {
+                            Self::routing(c)
+                                .update_health_check(req)
+                                .await
+                                .map(|r| r.into_inner())
+                        }
+                    })
+                    .await?;
+                self.print_change(&change);
+            }
+            HealthCmd::Get { id } => {
+                return Box::pin(self.health(HealthCmd::Status { id, watch: false })).await;
             }
             HealthCmd::Delete { id } => {
                 let change = self
