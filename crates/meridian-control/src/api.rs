@@ -1312,7 +1312,9 @@ impl routing_server::Routing for Api {
             Ok(Response::new(result_to_change(result, "")?))
         }
         .await;
-        self.node.metrics.call("UpdateHealthCheck", code_of(&result));
+        self.node
+            .metrics
+            .call("UpdateHealthCheck", code_of(&result));
         result
     }
 

@@ -560,10 +560,17 @@ impl State {
                 submitted_ms,
             } => {
                 let Some(h) = objects.health_checks.get_mut(id) else {
-                    return (rejected("NoSuchHealthCheck", format!("no health check {id}")), None);
+                    return (
+                        rejected("NoSuchHealthCheck", format!("no health check {id}")),
+                        None,
+                    );
                 };
                 h.config = config.clone();
-                (change_id, *submitted_ms, format!("update health check {id}"))
+                (
+                    change_id,
+                    *submitted_ms,
+                    format!("update health check {id}"),
+                )
             }
             Command::RttPublish {
                 rtt,
