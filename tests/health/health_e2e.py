@@ -982,6 +982,12 @@ def sc_https(t):
     check("  … the probe sent SNI api.https.test (seen: %s)" % sorted(ep.sni_seen),
           "api.https.test" in ep.sni_seen, sorted(ep.sni_seen))
     dev.wait_answer(name, primary, title="HTTPS endpoint up: PRIMARY")
+    # VerifyCertificate: the same self-signed server fails validation.
+    strict = dict(cfg, VerifyCertificate=True)
+    hc_strict = dev.health_create("HTTPS with VerifyCertificate", strict)
+    dev.wait_status(hc_strict, lambda s: s.get("status") == "unhealthy (probes)"
+                    and "TLS" in (pop_view(s, DEV_POP) or {}).get("last_detail", ""), 10,
+                    "VerifyCertificate on a self-signed server: unhealthy, the detail names the TLS failure")
     ep.mode = "starting"
     d, took = dev.wait_answer(name, secondary, timeout=20)
     check("HTTPS body without the search string: SECONDARY after %.2f s (<= 6 s)" % took,

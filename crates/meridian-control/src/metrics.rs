@@ -31,7 +31,7 @@ pub struct ApiMetrics {
     commit_micros: AtomicU64,
     /// Health transitions this node wrote (as leader), and the last one's detection time: from
     /// the first failed (or, for a recovery, successful) probe of the run that decided it to
-    /// the transition's commit.
+    /// the transition being INSYNC (every live edge serves it).
     pub health_transitions: AtomicU64,
     pub health_detect_millis_last: AtomicU64,
 }

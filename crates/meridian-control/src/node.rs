@@ -295,6 +295,9 @@ impl ControlNode {
     }
 }
 
+/// How long a transition's detection time waits for INSYNC before it is recorded anyway.
+const HEALTH_INSYNC_WAIT_MS: u64 = 10_000;
+
 /// The in-flight key of an RTT publication (not a valid check id: those start with `hc-`).
 const RTT_IN_FLIGHT: &str = " rtt";
 
@@ -327,8 +330,21 @@ impl ControlNode {
                     change_id: node.next_change_id(),
                     submitted_ms: now_ms(),
                 };
-                match node.write(command).await {
-                    Ok(_) => {
+                let written = node.write(command).await;
+                // The next transition of this check may be decided from now on.
+                node.health_views.done(&t.id);
+                match written {
+                    Ok(result) => {
+                        // Detection ends when every live edge serves the transition (INSYNC),
+                        // waited for at most HEALTH_INSYNC_WAIT.
+                        if let crate::types::CommandResult::Applied { version, .. } = result {
+                            let deadline = now_ms() + HEALTH_INSYNC_WAIT_MS;
+                            while now_ms() < deadline
+                                && !crate::edges::in_sync(&node.edges.list(), version, now_ms())
+                            {
+                                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                            }
+                        }
                         let took = now_ms().saturating_sub(t.run_started_ms);
                         node.metrics
                             .health_transitions
@@ -342,7 +358,6 @@ impl ControlNode {
                         tracing::warn!(check = %t.id, error = %e, "health transition not written")
                     }
                 }
-                node.health_views.done(&t.id);
             });
         }
     }

@@ -76,6 +76,10 @@ pub struct HealthCheckSpec {
     pub healthy_quorum: f64,
     /// HTTP status ranges that count as success (default 200–399, as Route 53).
     pub expected_status: Vec<(u16, u16)>,
+    /// HTTPS: validate the certificate chain against the public roots and the name in
+    /// `fqdn` (off by default, as Route 53, which never validates).
+    #[serde(default)]
+    pub verify_certificate: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -122,6 +126,7 @@ struct WireConfig {
     pops: Option<Vec<String>>,
     healthy_quorum: Option<f64>,
     expected_status: Option<Vec<String>>,
+    verify_certificate: Option<bool>,
     // Route 53 fields we accept and do not use.
     measure_latency: Option<bool>,
     #[serde(rename = "EnableSNI")]
@@ -283,6 +288,13 @@ pub fn parse_config(text: &str) -> Result<HealthCheckSpec, HealthError> {
     if expected_status.is_empty() {
         expected_status.push((200, 399));
     }
+    let verify_certificate = w.verify_certificate.unwrap_or(false);
+    if verify_certificate && (!kind.uses_tls() || w.fully_qualified_domain_name.is_none()) {
+        return Err(field(
+            "VerifyCertificate",
+            "applies to HTTPS checks with a FullyQualifiedDomainName (the name to validate)",
+        ));
+    }
     let health_threshold = w.health_threshold.unwrap_or(children.len() as u32);
     Ok(HealthCheckSpec {
         kind,
@@ -302,6 +314,7 @@ pub fn parse_config(text: &str) -> Result<HealthCheckSpec, HealthError> {
         pops,
         healthy_quorum,
         expected_status,
+        verify_certificate,
     })
 }
 

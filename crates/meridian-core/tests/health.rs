@@ -34,7 +34,21 @@ fn route53_configs_parse_with_defaults_and_extensions() {
     )
     .unwrap();
     assert_eq!(c.health_threshold, 2);
+    let v = parse_config(
+        r#"{"Type": "HTTPS", "IPAddress": "192.0.2.1", "FullyQualifiedDomainName": "api.example.com", "VerifyCertificate": true}"#,
+    )
+    .unwrap();
+    assert!(v.verify_certificate);
+    assert_eq!(v.port, 443);
     for (bad, field) in [
+        (
+            r#"{"Type": "HTTP", "IPAddress": "192.0.2.1", "VerifyCertificate": true}"#,
+            "VerifyCertificate",
+        ),
+        (
+            r#"{"Type": "HTTPS", "IPAddress": "192.0.2.1", "VerifyCertificate": true}"#,
+            "VerifyCertificate",
+        ),
         (r#"{"Type": "PING", "IPAddress": "192.0.2.1"}"#, "Type"),
         (r#"{"Type": "TCP", "IPAddress": "192.0.2.1"}"#, "Port"),
         (

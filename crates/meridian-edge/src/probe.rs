@@ -6,8 +6,8 @@
 //! control plane leader's (`meridian_core::health`), so every edge answers the same.
 //! Probes: TCP (connect); HTTP, HTTPS and their `_STR_MATCH` forms (GET, status, first 5,120
 //! body bytes). HTTPS sends SNI (`FullyQualifiedDomainName`) and, as Route 53, does not validate
-//! the certificate: a health check asks whether the service answers, and self-signed or expired
-//! certificates are common on origin servers.
+//! the certificate unless the check asks (`VerifyCertificate`): a health check asks whether the
+//! service answers, and self-signed or expired certificates are common on origin servers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -290,7 +290,7 @@ pub async fn probe(spec: &HealthCheckSpec) -> (bool, String) {
             None => rustls::pki_types::ServerName::IpAddress(ip.into()),
         };
         let _ = stream.set_nodelay(true);
-        let tls = tokio_rustls::TlsConnector::from(tls_config())
+        let tls = tokio_rustls::TlsConnector::from(tls_config(spec.verify_certificate))
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS: {e}"))?;
@@ -366,9 +366,27 @@ where
     Ok((ok, format!("HTTP {status}")))
 }
 
-/// TLS for HTTPS probes: ring, TLS 1.2 and 1.3, no certificate validation (see the module doc).
-fn tls_config() -> Arc<rustls::ClientConfig> {
+/// TLS for HTTPS probes: ring, TLS 1.2 and 1.3; by default no certificate validation (see the
+/// module doc); with `VerifyCertificate`, the chain against the Mozilla roots and the name.
+fn tls_config(verify: bool) -> Arc<rustls::ClientConfig> {
     static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    static VERIFYING: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    if verify {
+        return VERIFYING
+            .get_or_init(|| {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let roots = rustls::RootCertStore {
+                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                };
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default protocol versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                Arc::new(config)
+            })
+            .clone();
+    }
     CONFIG
         .get_or_init(|| {
             let provider = Arc::new(rustls::crypto::ring::default_provider());
