@@ -1095,52 +1095,26 @@ fn new_health_check_id(node: &ControlNode) -> String {
     format!("hc-{:016x}", h ^ now_ms().rotate_left(29))
 }
 
-/// Route 53 `HealthCheckConfig` fields we know (issue: probing is the health-check work; here
-/// the config is checked for shape and kept).
-const HEALTH_CHECK_TYPES: [&str; 6] = [
-    "HTTP",
-    "HTTPS",
-    "HTTP_STR_MATCH",
-    "HTTPS_STR_MATCH",
-    "TCP",
-    "CALCULATED",
-];
 /// Longest health check config accepted.
 const HEALTH_CHECK_CONFIG_BYTES_MAX: usize = 16 * 1024;
 
-fn check_health_config(text: &str) -> Result<String, Status> {
+/// Validates a `HealthCheckConfig` (the core's rules) and returns it as stored: JSON, without
+/// a `HealthCheckConfig` wrapper.
+fn health_config(text: &str) -> Result<String, Status> {
     if text.len() > HEALTH_CHECK_CONFIG_BYTES_MAX {
         return Err(Status::invalid_argument(format!(
             "HealthCheckConfig is over {HEALTH_CHECK_CONFIG_BYTES_MAX} bytes"
         )));
     }
+    meridian_core::health::parse_config(text)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    // Parsed once more only to store the operator's fields as given (validation passed).
     let value: serde_json::Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text)
-            .map_err(|e| Status::invalid_argument(format!("HealthCheckConfig JSON: {e}")))?
+        serde_json::from_str(text).map_err(|e| Status::invalid_argument(e.to_string()))?
     } else {
-        serde_yaml::from_str(text)
-            .map_err(|e| Status::invalid_argument(format!("HealthCheckConfig YAML: {e}")))?
+        serde_yaml::from_str(text).map_err(|e| Status::invalid_argument(e.to_string()))?
     };
-    let config = value.get("HealthCheckConfig").unwrap_or(&value);
-    let kind = config
-        .get("Type")
-        .and_then(|t| t.as_str())
-        .ok_or_else(|| Status::invalid_argument("HealthCheckConfig needs a Type"))?;
-    if !HEALTH_CHECK_TYPES.contains(&kind) {
-        return Err(Status::invalid_argument(format!(
-            "HealthCheckConfig Type {kind:?} is not one of {}",
-            HEALTH_CHECK_TYPES.join(" ")
-        )));
-    }
-    if kind != "CALCULATED"
-        && config.get("IPAddress").is_none()
-        && config.get("FullyQualifiedDomainName").is_none()
-    {
-        return Err(Status::invalid_argument(
-            "HealthCheckConfig needs IPAddress or FullyQualifiedDomainName",
-        ));
-    }
-    Ok(config.to_string())
+    Ok(value.get("HealthCheckConfig").unwrap_or(&value).to_string())
 }
 
 fn health_status_text(h: &crate::state::HealthCheck) -> &'static str {
@@ -1243,9 +1217,7 @@ impl routing_server::Routing for Api {
     ) -> Result<Response<v1::HealthCheck>, Status> {
         let result: Result<_, Status> = async move {
             let req = request.into_inner();
-            meridian_core::health::parse_config(&req.config_json)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let config = check_health_config(&req.config_json)?;
+            let config = health_config(&req.config_json)?;
             let id = new_health_check_id(&self.node);
             let command = Command::HealthCheckCreate {
                 id: id.clone(),
@@ -1299,9 +1271,7 @@ impl routing_server::Routing for Api {
     ) -> Result<Response<v1::ChangeInfo>, Status> {
         let result: Result<_, Status> = async move {
             let req = request.into_inner();
-            meridian_core::health::parse_config(&req.config_json)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let config = check_health_config(&req.config_json)?;
+            let config = health_config(&req.config_json)?;
             let command = Command::HealthCheckUpdate {
                 id: req.id,
                 config,
@@ -1579,17 +1549,7 @@ impl routing_server::Routing for Api {
             let lookup = |n: &Name, t: RType| {
                 let (_, z) = crate::state::zone_of(&state.zones, n)?;
                 let key = (n.to_lowercase().wire().to_vec(), t.0);
-                z.sets.get(&key).map(|d| meridian_core::change::RecordSet {
-                    name: n.to_lowercase(),
-                    rtype: t,
-                    ttl: d.ttl,
-                    rdatas: d.rdatas.clone(),
-                    set_identifier: None,
-                    policy: None,
-                    health_check: None,
-                    alias: None,
-                    fail_closed: false,
-                })
+                z.sets.get(&key).map(|d| crate::state::set_of(n, t, d))
             };
             if crate::state::zone_of(&state.zones, &name).is_none() {
                 return Err(Status::not_found(format!("no hosted zone holds {name}")));

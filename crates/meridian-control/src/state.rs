@@ -196,7 +196,8 @@ struct ZoneView<'a> {
     routing: &'a RoutingObjects,
 }
 
-fn set_of(name: &Name, rtype: RType, d: &SetData) -> RecordSet {
+/// A stored set as the change model sees it (routed groups stay encoded).
+pub(crate) fn set_of(name: &Name, rtype: RType, d: &SetData) -> RecordSet {
     RecordSet {
         name: name.to_lowercase(),
         rtype,
