@@ -945,6 +945,19 @@ def sc_tcp(t):
     d, took = dev.wait_answer(name, primary, timeout=20)
     check("TCP listener back: PRIMARY after %.2f s (>= 1 interval: RecoveryThreshold = FailureThreshold 2)"
           % took, d and took >= 0.8, d)
+    # FullyQualifiedDomainName alone: the prober resolves it before each probe.
+    by_name = tcp_check(ep.port, FullyQualifiedDomainName="localhost")
+    del by_name["IPAddress"]
+    hc_name = dev.health_create("TCP by FullyQualifiedDomainName alone (localhost)", by_name)
+    dev.wait_status(hc_name, lambda s: s.get("status") == "healthy (probes)"
+                    and (pop_view(s, DEV_POP) or {}).get("last_detail") == "connected", 10,
+                    "TCP check by name only ('localhost', no IPAddress): resolved, connected, healthy")
+    unknown = dict(by_name, FullyQualifiedDomainName="no-such-host.invalid")
+    hc_unknown = dev.health_create("TCP by a name that does not resolve", unknown)
+    dev.wait_status(hc_unknown, lambda s: s.get("status") == "unhealthy (probes)", 15,
+                    "TCP check by a name that does not resolve (no-such-host.invalid): unhealthy")
+    st = dev.status(hc_unknown)
+    info("  … detail: %r" % (pop_view(st, DEV_POP) or {}).get("last_detail"))
     nobody = free_port()
     hc2 = dev.health_create("TCP on a closed port", tcp_check(nobody))
     dev.wait_status(hc2, lambda s: s.get("status") == "unhealthy (probes)", 10,

@@ -48,11 +48,25 @@ impl CheckKind {
     }
 }
 
+/// A name the prober may resolve and send as Host and SNI: it reaches the system resolver and
+/// an HTTP header, so only host-name characters pass (no spaces, CR/LF or NULs).
+fn is_host_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// A validated health check.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthCheckSpec {
     pub kind: CheckKind,
-    /// Endpoint address; `None` means resolve `fqdn` (not done by edges yet: refused).
+    /// Endpoint address; `None` means the prober resolves `fqdn` before every probe (as Route 53
+    /// does), so a DNS change of the endpoint is followed without updating the check.
     pub ip: Option<IpAddr>,
     pub port: u16,
     pub resource_path: String,
@@ -220,10 +234,10 @@ pub fn parse_config(text: &str) -> Result<HealthCheckSpec, HealthError> {
             ));
         }
     } else {
-        if ip.is_none() {
+        if ip.is_none() && w.fully_qualified_domain_name.is_none() {
             return Err(field(
                 "IPAddress",
-                "required (probing by FullyQualifiedDomainName alone is not supported yet)",
+                "give IPAddress, FullyQualifiedDomainName (resolved before each probe), or both",
             ));
         }
         if !children.is_empty() {
@@ -287,6 +301,14 @@ pub fn parse_config(text: &str) -> Result<HealthCheckSpec, HealthError> {
     }
     if expected_status.is_empty() {
         expected_status.push((200, 399));
+    }
+    if let Some(f) = &w.fully_qualified_domain_name {
+        if !is_host_name(f) {
+            return Err(field(
+                "FullyQualifiedDomainName",
+                format!("{f:?} is not a host name (letters, digits, '-', '_'; labels of 1-63)"),
+            ));
+        }
     }
     let verify_certificate = w.verify_certificate.unwrap_or(false);
     if verify_certificate && (!kind.uses_tls() || w.fully_qualified_domain_name.is_none()) {

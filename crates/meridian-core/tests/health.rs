@@ -65,6 +65,11 @@ fn route53_configs_parse_with_defaults_and_extensions() {
         ),
         (r#"{"Type": "HTTP", "IPAddress": "nope"}"#, "IPAddress"),
         (r#"{"Type": "CALCULATED"}"#, "ChildHealthChecks"),
+        (r#"{"Type": "TCP", "Port": 80}"#, "IPAddress"),
+        (
+            r#"{"Type": "HTTP", "FullyQualifiedDomainName": "a b\r\nX: y"}"#,
+            "FullyQualifiedDomainName",
+        ),
         (
             r#"{"Type": "HTTP", "IPAddress": "192.0.2.1", "ResourcePath": "x"}"#,
             "ResourcePath",
@@ -77,6 +82,17 @@ fn route53_configs_parse_with_defaults_and_extensions() {
         let e = parse_config(bad).unwrap_err().to_string();
         assert!(e.contains(field), "{bad}: {e}");
     }
+}
+
+#[test]
+fn a_name_alone_is_an_endpoint() {
+    let spec = parse_config(
+        r#"{"Type": "HTTPS", "FullyQualifiedDomainName": "api.example.com.", "VerifyCertificate": true}"#,
+    )
+    .unwrap();
+    assert_eq!(spec.ip, None);
+    assert_eq!(spec.fqdn.as_deref(), Some("api.example.com."));
+    assert_eq!(spec.port, 443);
 }
 
 #[test]

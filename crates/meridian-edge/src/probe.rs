@@ -265,12 +265,10 @@ async fn report(
 
 /// One probe: `(passed, what happened)`.
 pub async fn probe(spec: &HealthCheckSpec) -> (bool, String) {
-    let Some(ip) = spec.ip else {
-        return (false, "no IPAddress".into());
-    };
-    let addr = SocketAddr::new(ip, spec.port);
     let timeout = Duration::from_millis(u64::from(spec.timeout_ms));
     let outcome = tokio::time::timeout(timeout, async {
+        let addr = endpoint(spec).await?;
+        let ip = addr.ip();
         let stream = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
@@ -302,6 +300,29 @@ pub async fn probe(spec: &HealthCheckSpec) -> (bool, String) {
         Ok(Err(e)) => (false, e),
         Err(_) => (false, format!("timeout after {} ms", spec.timeout_ms)),
     }
+}
+
+/// The address to probe: `IPAddress`, else `FullyQualifiedDomainName` resolved now by the
+/// host's resolver (inside the probe's timeout, so a slow resolver counts as a failed probe, as
+/// in Route 53). Resolving before every probe follows the endpoint's DNS changes; the host's
+/// resolver cache keeps that cheap. IPv4 is preferred, as Route 53 resolves A records.
+async fn endpoint(spec: &HealthCheckSpec) -> Result<SocketAddr, String> {
+    if let Some(ip) = spec.ip {
+        return Ok(SocketAddr::new(ip, spec.port));
+    }
+    let Some(name) = spec.fqdn.as_deref() else {
+        return Err("no IPAddress and no FullyQualifiedDomainName".into());
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, spec.port))
+        .await
+        .map_err(|e| format!("resolving {name}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("resolving {name}: no address"))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
