@@ -302,13 +302,13 @@ pub fn parse_config(text: &str) -> Result<HealthCheckSpec, HealthError> {
     if expected_status.is_empty() {
         expected_status.push((200, 399));
     }
-    if let Some(f) = &w.fully_qualified_domain_name {
-        if !is_host_name(f) {
-            return Err(field(
-                "FullyQualifiedDomainName",
-                format!("{f:?} is not a host name (letters, digits, '-', '_'; labels of 1-63)"),
-            ));
-        }
+    if let Some(f) = &w.fully_qualified_domain_name
+        && !is_host_name(f)
+    {
+        return Err(field(
+            "FullyQualifiedDomainName",
+            format!("{f:?} is not a host name (letters, digits, '-', '_'; labels of 1-63)"),
+        ));
     }
     let verify_certificate = w.verify_certificate.unwrap_or(false);
     if verify_certificate && (!kind.uses_tls() || w.fully_qualified_domain_name.is_none()) {
