@@ -619,7 +619,7 @@ def build_network():
 # --- the lab's processes ---------------------------------------------------------------------
 
 def cli_argv(st, *args, out_json=True):
-    argv = [MERIDIAN, "--api", st["api"]]
+    argv = [st.get("meridian", MERIDIAN), "--api", st["api"]]
     if out_json:
         argv += ["--output", "json"]
     return argv + [str(a) for a in args]
@@ -644,6 +644,17 @@ def write_file(path, text):
     return path
 
 
+def wipe_state_dir(path, config_root):
+    """`up` builds a fresh lab: Raft data and edge caches from an earlier run go, when they are
+    under the lab directory or the config root (never elsewhere)."""
+    if not path:
+        return
+    path = os.path.abspath(path)
+    roots = [LAB_DIR] + ([config_root] if config_root else [])
+    if any(path.startswith(r.rstrip("/") + "/") for r in roots) and os.path.isdir(path):
+        shutil.rmtree(path)
+
+
 def plan(config_root):
     """Writes the configs and registers every process (argv, log); the lab's state."""
     announce = edge_supports_announce()
@@ -657,6 +668,7 @@ def plan(config_root):
         args = args_from_root(config_root, "ctl%d" % cid, "meridian-control", "MERIDIAN_CONTROL_ARGS") \
             if config_root else control_args(cid)
         listens[str(cid)] = flag_value(args, "--advertise") or flag_value(args, "--listen")
+        wipe_state_dir(flag_value(args, "--data"), config_root)
         register(st, "ctl%d" % cid, "ctl", [MERIDIAN] + args, os.path.join(host_dir("ctl"), "ctl%d.log" % cid))
     st["control_addrs"] = listens
     st["api"] = ",".join("http://%s" % listens[str(c)] for c in CTL_IDS)
@@ -679,6 +691,7 @@ def plan(config_root):
                     st["edges"][pop]["protocol"], "--", MERIDIAN] + strip_flags(args, ANNOUNCE_FLAGS)
         cache = flag_value(args, "--cache")
         if cache:
+            wipe_state_dir(cache, config_root)
             os.makedirs(cache, exist_ok=True)
         register(st, "edge-" + pop, pop, argv, os.path.join(host_dir(pop), "edge.log"))
     st["bird_sockets"]["rtr"] = os.path.join(host_dir("rtr"), "bird.ctl")
