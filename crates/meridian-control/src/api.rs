@@ -23,8 +23,8 @@ use crate::edges::{self, EdgeEntry};
 use crate::node::{ControlNode, now_ms};
 use crate::state::CatalogDelta;
 use crate::types::{Command, CommandResult, Forwarded};
-use meridian_core::catalog::RoutingState;
-use meridian_core::change::{Action, Change, ChangeBatch};
+use meridian_core::catalog::{DrainTarget, RoutingState};
+use meridian_core::change::{Action, COMMENT_CHARS_MAX, Change, ChangeBatch};
 
 /// Record sets per `ListRecordSets` page when the client does not say; and the most it may ask.
 pub const LIST_PAGE_DEFAULT: u32 = 1000;
@@ -136,6 +136,8 @@ impl Api {
                     addresses: e.addresses,
                     last_seen_ms: e.last_seen_unix_ms,
                     region_rtt_ms: e.region_rtt_ms.into_iter().collect(),
+                    announced: e.announced,
+                    announce_reason: e.announce_reason,
                 }));
             }
         }
@@ -838,38 +840,7 @@ fn full_update(state: &crate::state::State) -> v1::CatalogUpdate {
 
 /// The routing state as edges receive it.
 pub fn routing_to_proto(r: &RoutingState) -> v1::WireRoutingState {
-    v1::WireRoutingState {
-        health: r
-            .health
-            .iter()
-            .map(|(id, healthy)| v1::HealthVerdict {
-                id: id.clone(),
-                healthy: *healthy,
-            })
-            .collect(),
-        cidr: r
-            .cidr
-            .iter()
-            .flat_map(|(collection, blocks)| {
-                blocks.iter().map(move |b| v1::CidrEntry {
-                    collection: collection.clone(),
-                    location: b.location.clone(),
-                    cidr: b.to_string(),
-                })
-            })
-            .collect(),
-        rtt: r
-            .rtt
-            .iter()
-            .flat_map(|(pop, m)| {
-                m.iter().map(move |(check, ms)| v1::PopRtt {
-                    pop: pop.clone(),
-                    check_id: check.clone(),
-                    rtt_ms: *ms,
-                })
-            })
-            .collect(),
-    }
+    meridian_proto::routing_to_wire(r)
 }
 
 fn delta_update(d: &CatalogDelta, newest: u64) -> v1::CatalogUpdate {
@@ -959,11 +930,40 @@ impl edge_sync_server::EdgeSync for Api {
                 addresses: r.addresses,
                 last_seen_ms: 0,
                 region_rtt_ms: r.region_rtt_ms.into_iter().collect(),
+                announced: r.announced,
+                announce_reason: r.announce_reason,
             });
             Ok(Response::new(v1::ReportReply {}))
         }
         .await;
         self.node.metrics.call("Report", code_of(&result));
+        result
+    }
+
+    async fn set_drain(
+        &self,
+        request: Request<v1::SetDrainRequest>,
+    ) -> Result<Response<v1::ChangeInfo>, Status> {
+        let result: Result<_, Status> = async move {
+            let req = request.into_inner();
+            let target: DrainTarget = req.target.parse().map_err(Status::invalid_argument)?;
+            if req.comment.chars().count() > COMMENT_CHARS_MAX {
+                return Err(Status::invalid_argument(format!(
+                    "comment is longer than {COMMENT_CHARS_MAX} characters"
+                )));
+            }
+            let command = Command::DrainSet {
+                target: target.to_string(),
+                drained: req.drained,
+                comment: req.comment,
+                change_id: self.node.next_change_id(),
+                submitted_ms: now_ms(),
+            };
+            let result = self.node.write(command).await.map_err(status)?;
+            Ok(Response::new(result_to_change(result, "")?))
+        }
+        .await;
+        self.node.metrics.call("SetDrain", code_of(&result));
         result
     }
 
@@ -1045,18 +1045,18 @@ impl edge_sync_server::EdgeSync for Api {
                 self.cluster_edges().await
             };
             let now = now_ms();
-            let catalog_version = self
-                .node
-                .sm
-                .state
-                .read()
-                .expect("state lock")
-                .catalog_version;
+            let (catalog_version, routing) = {
+                let state = self.node.sm.state.read().expect("state lock");
+                (state.catalog_version, state.routing_objects.routing_state())
+            };
             Ok(Response::new(v1::ListEdgesResponse {
                 edges: entries
                     .into_iter()
                     .map(|e| v1::EdgeInfo {
                         stale: e.is_stale(now),
+                        drained: routing.is_drained(&e.pop, &e.edge_id),
+                        announced: e.announced,
+                        announce_reason: e.announce_reason,
                         edge_id: e.edge_id,
                         pop: e.pop,
                         applied_version: e.applied_version,

@@ -25,6 +25,10 @@ pub struct EdgeEntry {
     pub last_seen_ms: u64,
     /// The edge's RTT to each region (its POP's latency table), for `explain --pop`.
     pub region_rtt_ms: std::collections::BTreeMap<String, u32>,
+    /// Whether the edge announces its anycast routes, and why (not): what a drain or an
+    /// incident looks like from the control plane.
+    pub announced: bool,
+    pub announce_reason: String,
 }
 
 impl EdgeEntry {

@@ -170,6 +170,9 @@ pub struct RoutingObjects {
     /// POP → check → smoothed RTT the POP's probes measure (latency records).
     #[serde(default)]
     pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
+    /// Drained POPs and edges (`pop/NAME`, `edge/ID`), as edges receive them.
+    #[serde(default)]
+    pub drained: std::collections::BTreeSet<String>,
 }
 
 impl RoutingObjects {
@@ -183,6 +186,8 @@ impl RoutingObjects {
                 .collect(),
             cidr: self.cidr.clone(),
             rtt: self.rtt.clone(),
+            // Entries were validated when proposed; an unparsable one (never written) is skipped.
+            drained: self.drained.iter().filter_map(|d| d.parse().ok()).collect(),
         }
     }
 }
@@ -684,6 +689,47 @@ impl State {
                     format!("delete CIDR collection {name}"),
                 )
             }
+            Command::DrainSet {
+                target,
+                drained,
+                comment,
+                change_id,
+                submitted_ms,
+            } => {
+                if let Err(e) = target.parse::<meridian_core::catalog::DrainTarget>() {
+                    return (rejected("InvalidDrainTarget", e), None);
+                }
+                if *drained
+                    && !objects.drained.contains(target)
+                    && objects.drained.len() >= meridian_core::catalog::DRAINED_MAX
+                {
+                    return (
+                        rejected(
+                            "TooManyDrains",
+                            format!(
+                                "{} POPs and edges are drained already",
+                                meridian_core::catalog::DRAINED_MAX
+                            ),
+                        ),
+                        None,
+                    );
+                }
+                // Idempotent: draining a drained target (or undraining an undrained one) still
+                // commits, so the caller gets a change id to wait on.
+                let verb = if *drained {
+                    objects.drained.insert(target.clone());
+                    "drain"
+                } else {
+                    objects.drained.remove(target);
+                    "undrain"
+                };
+                let what = if comment.is_empty() {
+                    format!("{verb} {target}")
+                } else {
+                    format!("{verb} {target}: {comment}")
+                };
+                (change_id, *submitted_ms, what)
+            }
             _ => unreachable!("only routing commands come here"),
         };
         let change_id = change_id.clone();
@@ -1011,9 +1057,8 @@ impl State {
             | Command::RttPublish { .. }
             | Command::HealthCheckUpdate { .. }
             | Command::CidrCollectionPut { .. }
-            | Command::CidrCollectionDelete { .. } => {
-                self.apply_routing_command(index, command, persist)
-            }
+            | Command::CidrCollectionDelete { .. }
+            | Command::DrainSet { .. } => self.apply_routing_command(index, command, persist),
             Command::ImportAbort { import_id, .. } => {
                 if self.imports.contains_key(import_id) {
                     self.drop_import(import_id, false, persist);

@@ -81,6 +81,17 @@ pub enum Command {
         change_id: String,
         submitted_ms: u64,
     },
+    /// Drains (`drained`) or undrains a POP or an edge: its edges withdraw their anycast routes
+    /// and keep answering. `target` is `pop/NAME` or `edge/ID` ([`DrainTarget`] text).
+    ///
+    /// [`DrainTarget`]: meridian_core::catalog::DrainTarget
+    DrainSet {
+        target: String,
+        drained: bool,
+        comment: String,
+        change_id: String,
+        submitted_ms: u64,
+    },
     /// Removes a CIDR collection no record set uses.
     CidrCollectionDelete {
         name: String,
@@ -162,7 +173,8 @@ impl Command {
             | Command::HealthCheckUpdate { change_id, .. }
             | Command::RttPublish { change_id, .. }
             | Command::CidrCollectionPut { change_id, .. }
-            | Command::CidrCollectionDelete { change_id, .. } => change_id,
+            | Command::CidrCollectionDelete { change_id, .. }
+            | Command::DrainSet { change_id, .. } => change_id,
             Command::ImportBegin { .. }
             | Command::ImportChunk { .. }
             | Command::ImportAbort { .. } => "",

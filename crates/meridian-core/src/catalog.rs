@@ -16,6 +16,48 @@ pub const HEALTH_CHECKS_MAX: usize = 100_000;
 /// per location): the routing state travels to edges as one message.
 pub const CIDR_COLLECTIONS_MAX: usize = 1_000;
 pub const CIDR_BLOCKS_MAX: usize = 100_000;
+/// Drained POPs and edges together: one entry per maintenance target, so thousands is plenty
+/// and keeps the routing state a small message.
+pub const DRAINED_MAX: usize = 10_000;
+/// The longest POP or edge id a drain names (edge ids are host names at most).
+pub const DRAIN_TARGET_BYTES_MAX: usize = 255;
+
+/// What an operator takes out of service: a whole POP, or one edge. Edges withdraw their
+/// anycast announcement while drained and keep answering whatever still reaches them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DrainTarget {
+    Pop(String),
+    Edge(String),
+}
+
+impl std::fmt::Display for DrainTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrainTarget::Pop(p) => write!(f, "pop/{p}"),
+            DrainTarget::Edge(e) => write!(f, "edge/{e}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DrainTarget {
+    type Err = String;
+    /// `pop/NAME` or `edge/ID`: the form the routing state carries.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, id) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not pop/NAME or edge/ID"))?;
+        if id.is_empty() || id.len() > DRAIN_TARGET_BYTES_MAX || id.chars().any(char::is_control) {
+            return Err(format!(
+                "{id:?} must be 1 to {DRAIN_TARGET_BYTES_MAX} bytes without control characters"
+            ));
+        }
+        match kind {
+            "pop" => Ok(DrainTarget::Pop(id.to_string())),
+            "edge" => Ok(DrainTarget::Edge(id.to_string())),
+            _ => Err(format!("{s:?} is not pop/NAME or edge/ID")),
+        }
+    }
+}
 
 /// What routing decisions read besides zones. Small and replaced whole when it changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -26,6 +68,8 @@ pub struct RoutingState {
     pub cidr: BTreeMap<String, Vec<CidrBlock>>,
     /// POP → health check → smoothed RTT (ms) its probes measure: what latency records use.
     pub rtt: BTreeMap<String, BTreeMap<String, u32>>,
+    /// POPs and edges an operator drained: their edges withdraw their anycast routes.
+    pub drained: std::collections::BTreeSet<DrainTarget>,
 }
 
 impl RoutingState {
@@ -46,11 +90,23 @@ impl RoutingState {
                 text.push_str(&format!("r {pop} {check} {ms}\n"));
             }
         }
+        for d in &self.drained {
+            text.push_str(&format!("d {d}\n"));
+        }
         // An empty collection contributes nothing: edges receive blocks, not collections.
         if text.is_empty() {
             return 0;
         }
         crate::zone::rrset_checksum(text.as_bytes(), crate::rdata::RType(0), 0, [])
+    }
+
+    /// Whether the edge `edge_id` in `pop` is drained, by its POP or by itself.
+    pub fn is_drained(&self, pop: &str, edge_id: &str) -> bool {
+        // Cloning into keys would allocate; the set is small, so a scan is cheaper anyway.
+        self.drained.iter().any(|d| match d {
+            DrainTarget::Pop(p) => p == pop,
+            DrainTarget::Edge(e) => e == edge_id,
+        })
     }
 
     /// The location name of `ip` in a collection (longest prefix wins).

@@ -6,6 +6,7 @@
 //! (that is `meridian_core::respond`). The catalog it serves is swapped whole and atomically
 //! (`ArcSwap`), so a query sees one catalog version from start to end.
 
+pub mod announce;
 pub mod geo;
 pub mod metrics;
 pub mod probe;
@@ -37,6 +38,8 @@ pub enum Error {
     Core(meridian_core::Error),
     #[error("invalid option: {0}")]
     Config(String),
+    #[error(transparent)]
+    Announce(#[from] announce::AnnounceError),
 }
 
 /// What an edge serves and where.
@@ -61,6 +64,8 @@ pub struct Edge {
     /// Tasks that finish on their own once shutdown is signalled (the catalog stream, which
     /// flushes the cache); `stop` waits for them, bounded by [`BACKGROUND_STOP_GRACE`].
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Drives BIRD (controlled edges with `--bird-socket`); withdraws first on shutdown.
+    pub announcer: Option<Arc<announce::Announcer>>,
 }
 
 /// How long `stop` waits for background tasks (a cache flush of a large catalog).
@@ -134,6 +139,7 @@ impl Edge {
             threads,
             tcp_tasks,
             background: Vec::new(),
+            announcer: None,
         })
     }
 
@@ -227,19 +233,38 @@ pub async fn run_static(options: EdgeOptions, source: zones::ZoneSource) -> Resu
 
 /// Serves what the control plane publishes: the cached catalog at once (static stability), then
 /// every version from the catalog stream, until SIGTERM or SIGINT.
+///
+/// With an announcer, SIGTERM first withdraws the anycast routes, then keeps answering for
+/// `shutdown_grace` (queries already routed here, and the router's reconvergence) before
+/// stopping; a second signal cuts the grace short.
 pub async fn run_controlled(
     options: EdgeOptions,
     sync_options: sync::SyncOptions,
     metrics_addr: Option<SocketAddr>,
+    announce: Option<announce::AnnounceOptions>,
+    shutdown_grace: std::time::Duration,
 ) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| Error::Io("SIGTERM".into(), e))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| Error::Io("SIGINT".into(), e))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let edge = start_controlled(&options, sync_options, metrics_addr, shutdown_rx).await?;
+    let edge =
+        start_controlled(&options, sync_options, metrics_addr, announce, shutdown_rx).await?;
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+    if let Some(announcer) = &edge.announcer {
+        announcer.withdraw_for_shutdown().await;
+        tracing::info!(
+            grace_ms = shutdown_grace.as_millis() as u64,
+            "withdrawn; answering through the grace period"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(shutdown_grace) => {}
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
     tracing::info!("stopping");
     let _ = shutdown_tx.send(true);
@@ -252,6 +277,7 @@ pub async fn start_controlled(
     options: &EdgeOptions,
     sync_options: sync::SyncOptions,
     metrics_addr: Option<SocketAddr>,
+    announce: Option<announce::AnnounceOptions>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Edge, Error> {
     let stats = Arc::new(sync::SyncStats::default());
@@ -272,6 +298,19 @@ pub async fn start_controlled(
     let mut edge = Edge::start(options, initial)?;
     for addr in &edge.bound {
         tracing::info!(%addr, workers = options.workers, edge = %sync_options.edge_id, pop = %sync_options.pop, "serving DNS on UDP and TCP");
+    }
+    // After the sockets are bound (Edge::start), so an announcement always has a server.
+    if let Some(options) = announce {
+        let announcer = announce::Announcer::new(
+            options,
+            sync_options.pop.clone(),
+            sync_options.edge_id.clone(),
+            edge.catalog.clone(),
+            stats.clone(),
+        )?;
+        edge.background
+            .push(tokio::spawn(announcer.clone().run(shutdown.clone())));
+        edge.announcer = Some(announcer);
     }
     let served = sync::Served {
         catalog: edge.catalog.clone(),

@@ -77,6 +77,31 @@ pub fn render(udp: &[Arc<UdpStats>], tcp: &TcpStats, sync: &SyncStats) -> String
         sync.probes_ok.load(Ordering::Relaxed),
         sync.probes_failed.load(Ordering::Relaxed)
     );
+    let reason = crate::announce::Reason::from_u8(sync.announce_reason.load(Ordering::Relaxed));
+    let _ = writeln!(
+        out,
+        "# HELP meridian_edge_announced 1 while this edge has its anycast routes enabled in BIRD\n# TYPE meridian_edge_announced gauge\nmeridian_edge_announced{{reason=\"{}\"}} {}",
+        reason.as_str(),
+        u8::from(sync.announced.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE meridian_edge_drained gauge\nmeridian_edge_drained {}",
+        u8::from(sync.drained.load(Ordering::Relaxed))
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE meridian_edge_announce_changes_total counter\nmeridian_edge_announce_changes_total {}",
+        sync.announce_changes.load(Ordering::Relaxed)
+    );
+    let contact = sync.last_contact_ms.load(Ordering::Relaxed);
+    if contact > 0 {
+        let _ = writeln!(
+            out,
+            "# HELP meridian_edge_control_contact_age_seconds since a control node last acknowledged a report\n# TYPE meridian_edge_control_contact_age_seconds gauge\nmeridian_edge_control_contact_age_seconds {:.3}",
+            crate::announce::now_ms().saturating_sub(contact) as f64 / 1e3
+        );
+    }
     let _ = writeln!(
         out,
         "# TYPE meridian_edge_apply_seconds_last gauge\nmeridian_edge_apply_seconds_last {:.6}",

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use meridian_core::catalog::RoutingState;
-use meridian_core::policy::CidrBlock;
 use meridian_core::zone::{RRsetUpdate, Zone};
 use meridian_core::{Catalog, Name, RType, Record};
 use meridian_proto::v1;
@@ -50,6 +49,35 @@ pub struct SyncStats {
     pub probes_failed: AtomicU64,
     /// The next subscription asks for a full catalog (after a gap or a checksum failure).
     pub need_full: std::sync::atomic::AtomicBool,
+    /// Unix ms of the last report a control node acknowledged: how stale our view may be
+    /// (`--max-staleness-s`). 0 until the first.
+    pub last_contact_ms: AtomicU64,
+    /// What the announcer did last (see [`crate::announce`]), for reports and metrics.
+    pub announced: std::sync::atomic::AtomicBool,
+    pub announce_reason: std::sync::atomic::AtomicU8,
+    pub announce_changes: AtomicU64,
+    /// Whether the catalog we serve says this edge (or its POP) is drained.
+    pub drained: std::sync::atomic::AtomicBool,
+}
+
+/// What this edge tells every control node each second.
+fn edge_report(options: &SyncOptions, stats: &SyncStats, version: u64) -> v1::EdgeReport {
+    v1::EdgeReport {
+        edge_id: options.edge_id.clone(),
+        pop: options.pop.clone(),
+        applied_version: version,
+        addresses: options.addresses.clone(),
+        identity: options.identity.clone(),
+        region_rtt_ms: options.region_rtt_ms.iter().cloned().collect(),
+        announced: stats.announced.load(Ordering::Relaxed),
+        // Empty: this edge does not announce (no --bird-socket), or has not decided yet.
+        announce_reason: match crate::announce::Reason::from_u8(
+            stats.announce_reason.load(Ordering::Relaxed),
+        ) {
+            crate::announce::Reason::Starting => String::new(),
+            r => r.as_str().to_string(),
+        },
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -64,35 +92,9 @@ pub struct SyncOptions {
     pub region_rtt_ms: Vec<(String, u32)>,
 }
 
-/// The routing state of an update (health verdicts, CIDR collections) in domain types.
+/// The routing state of an update (health verdicts, CIDR collections, drains) in domain types.
 fn routing_of(w: &v1::WireRoutingState) -> Result<RoutingState, ApplyError> {
-    use meridian_core::catalog::{CIDR_BLOCKS_MAX, HEALTH_CHECKS_MAX};
-    if w.health.len() > HEALTH_CHECKS_MAX || w.cidr.len() > CIDR_BLOCKS_MAX {
-        return Err(ApplyError::Invalid("routing state over its limits".into()));
-    }
-    let mut r = RoutingState::default();
-    for h in &w.health {
-        r.health.insert(h.id.clone(), h.healthy);
-    }
-    for c in &w.cidr {
-        let bad = || ApplyError::Invalid(format!("CIDR block {:?}", c.cidr));
-        let (addr, len) = c.cidr.split_once('/').ok_or_else(bad)?;
-        r.cidr
-            .entry(c.collection.clone())
-            .or_default()
-            .push(CidrBlock {
-                network: addr.parse().map_err(|_| bad())?,
-                prefix_len: len.parse().map_err(|_| bad())?,
-                location: c.location.clone(),
-            });
-    }
-    for e in &w.rtt {
-        r.rtt
-            .entry(e.pop.clone())
-            .or_default()
-            .insert(e.check_id.clone(), e.rtt_ms);
-    }
-    Ok(r)
+    meridian_proto::routing_from_wire(w).map_err(ApplyError::Invalid)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -375,20 +377,22 @@ async fn report_everywhere(
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let report = v1::EdgeReport {
-            edge_id: options.edge_id.clone(),
-            pop: options.pop.clone(),
-            applied_version: stats.applied_version.load(Ordering::Relaxed),
-            addresses: options.addresses.clone(),
-            identity: options.identity.clone(),
-            region_rtt_ms: options.region_rtt_ms.iter().cloned().collect(),
-        };
+        let report = edge_report(
+            &options,
+            &stats,
+            stats.applied_version.load(Ordering::Relaxed),
+        );
         // One task per node: a dead node times out without delaying the others.
         for client in &clients {
             let mut client = client.clone();
             let report = report.clone();
+            let stats = stats.clone();
             tokio::spawn(async move {
-                let _ = client.report(report).await;
+                if client.report(report).await.is_ok() {
+                    stats
+                        .last_contact_ms
+                        .fetch_max(crate::announce::now_ms(), Ordering::Relaxed);
+                }
             });
         }
     }
@@ -513,14 +517,7 @@ async fn follow(
         .map_err(|s| s.message().to_string())?
         .into_inner();
     tracing::info!(control = %addr, have, "subscribed to the catalog stream");
-    let report = |version: u64| v1::EdgeReport {
-        edge_id: options.edge_id.clone(),
-        pop: options.pop.clone(),
-        applied_version: version,
-        addresses: options.addresses.clone(),
-        identity: options.identity.clone(),
-        region_rtt_ms: options.region_rtt_ms.iter().cloned().collect(),
-    };
+    let report = |version: u64| edge_report(options, &served.stats, version);
     let _ = reporter.report(report(applied)).await;
     loop {
         let update = stream
@@ -595,37 +592,5 @@ async fn follow(
 
 /// The routing state encoded for the cache file (protobuf, as it arrives).
 fn routing_bytes(r: &RoutingState) -> Vec<u8> {
-    v1::WireRoutingState {
-        health: r
-            .health
-            .iter()
-            .map(|(id, healthy)| v1::HealthVerdict {
-                id: id.clone(),
-                healthy: *healthy,
-            })
-            .collect(),
-        cidr: r
-            .cidr
-            .iter()
-            .flat_map(|(collection, blocks)| {
-                blocks.iter().map(move |b| v1::CidrEntry {
-                    collection: collection.clone(),
-                    location: b.location.clone(),
-                    cidr: b.to_string(),
-                })
-            })
-            .collect(),
-        rtt: r
-            .rtt
-            .iter()
-            .flat_map(|(pop, m)| {
-                m.iter().map(move |(check, ms)| v1::PopRtt {
-                    pop: pop.clone(),
-                    check_id: check.clone(),
-                    rtt_ms: *ms,
-                })
-            })
-            .collect(),
-    }
-    .encode_to_vec()
+    meridian_proto::routing_to_wire(r).encode_to_vec()
 }

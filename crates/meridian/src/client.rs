@@ -233,8 +233,30 @@ pub struct ExplainArgs {
 
 #[derive(Subcommand)]
 pub enum EdgesCmd {
-    /// Each edge with its version, lag and last report.
+    /// Each edge with its version, lag, last report, and anycast state.
     List,
+    /// Withdraw a POP's (or one edge's) anycast routes: its edges disable their BIRD protocols
+    /// and keep answering what still reaches them. Replicated; INSYNC when every edge has it.
+    Drain(DrainArgs),
+    /// Undo a drain: the edges announce again (if they serve).
+    Undrain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DrainArgs {
+    /// A POP name or an edge id (`pop/NAME` or `edge/ID` to be explicit).
+    pub target: String,
+    /// What the target is, when the name alone is ambiguous or not known yet.
+    #[arg(long, value_enum)]
+    pub kind: Option<DrainKind>,
+    #[arg(long, default_value = "")]
+    pub comment: String,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum DrainKind {
+    Pop,
+    Edge,
 }
 
 /// Every endpoint was unreachable or had no leader: worth retrying.
@@ -1380,8 +1402,73 @@ impl Client {
         Ok(())
     }
 
+    /// `pop/NAME` or `edge/ID` for a drain target given as a bare name: a known POP or edge id
+    /// (the edges' reports say which exist); a name that is both, or neither, needs `--kind`.
+    async fn drain_target(&self, args: &DrainArgs) -> Result<String> {
+        if let Some(kind) = args.kind {
+            let prefix = match kind {
+                DrainKind::Pop => "pop",
+                DrainKind::Edge => "edge",
+            };
+            return Ok(format!("{prefix}/{}", args.target));
+        }
+        if args.target.starts_with("pop/") || args.target.starts_with("edge/") {
+            return Ok(args.target.clone());
+        }
+        let list = self.list_edges().await?;
+        let is_pop = list.edges.iter().any(|e| e.pop == args.target);
+        let is_edge = list.edges.iter().any(|e| e.edge_id == args.target);
+        match (is_pop, is_edge) {
+            (true, false) => Ok(format!("pop/{}", args.target)),
+            (false, true) => Ok(format!("edge/{}", args.target)),
+            (true, true) => bail!(
+                "{:?} is both a POP and an edge id: add --kind pop or --kind edge",
+                args.target
+            ),
+            (false, false) => bail!(
+                "no edge has reported POP or id {:?}: add --kind pop or --kind edge to drain it anyway",
+                args.target
+            ),
+        }
+    }
+
+    async fn list_edges(&self) -> Result<v1::ListEdgesResponse> {
+        self.call(|c| async move {
+            EdgeSyncClient::new(c)
+                .list_edges(v1::ListEdgesRequest { local: false })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     pub async fn edges(&self, cmd: EdgesCmd) -> Result<()> {
-        let EdgesCmd::List = cmd;
+        let (args, drained) = match cmd {
+            EdgesCmd::List => return self.edges_list().await,
+            EdgesCmd::Drain(args) => (args, true),
+            EdgesCmd::Undrain(args) => (args, false),
+        };
+        let target = self.drain_target(&args).await?;
+        let change = self
+            .call(|c| {
+                let req = v1::SetDrainRequest {
+                    target: target.clone(),
+                    drained,
+                    comment: args.comment.clone(),
+                };
+                async move {
+                    EdgeSyncClient::new(c)
+                        .set_drain(req)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await?;
+        self.print_change(&change);
+        Ok(())
+    }
+
+    async fn edges_list(&self) -> Result<()> {
         let list = self
             .call(|c| async move {
                 EdgeSyncClient::new(c)
@@ -1399,23 +1486,32 @@ impl Client {
                     "lag": list.catalog_version.saturating_sub(e.applied_version),
                     "last_seen_ms_ago": now.saturating_sub(e.last_seen_unix_ms),
                     "stale": e.stale, "addresses": e.addresses,
+                    "drained": e.drained, "announced": e.announced,
+                    "announce_reason": e.announce_reason,
                 })).collect::<Vec<_>>(),
             })),
             Output::Table => {
                 println!("catalog version {}", list.catalog_version);
                 println!(
-                    "{:<20} {:<12} {:>10} {:>6} {:>12}  STATE",
-                    "EDGE", "POP", "VERSION", "LAG", "LAST SEEN"
+                    "{:<20} {:<12} {:>10} {:>6} {:>12}  {:<6} {:<8} ANYCAST",
+                    "EDGE", "POP", "VERSION", "LAG", "LAST SEEN", "STATE", "DRAINED"
                 );
                 for e in &list.edges {
+                    let anycast = match (e.announced, e.announce_reason.as_str()) {
+                        (_, "") => "-".to_string(),
+                        (true, _) => "announced".to_string(),
+                        (false, why) => format!("withdrawn ({why})"),
+                    };
                     println!(
-                        "{:<20} {:<12} {:>10} {:>6} {:>10.1}s  {}",
+                        "{:<20} {:<12} {:>10} {:>6} {:>10.1}s  {:<6} {:<8} {}",
                         e.edge_id,
                         e.pop,
                         e.applied_version,
                         list.catalog_version.saturating_sub(e.applied_version),
                         now.saturating_sub(e.last_seen_unix_ms) as f64 / 1000.0,
-                        if e.stale { "stale" } else { "live" }
+                        if e.stale { "stale" } else { "live" },
+                        if e.drained { "yes" } else { "no" },
+                        anycast
                     );
                 }
             }

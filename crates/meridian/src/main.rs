@@ -61,7 +61,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve DNS: from zone files (`--zones`) or from the control plane (`--control`).
-    Edge(EdgeArgs),
+    Edge(Box<EdgeArgs>),
     /// Check zone files and print what they hold, or the first error with its line.
     Check {
         /// Zone directories.
@@ -137,6 +137,57 @@ struct EdgeArgs {
     metrics: Option<SocketAddr>,
     #[command(flatten)]
     routing: RoutingArgs,
+    #[command(flatten)]
+    announce: AnnounceArgs,
+}
+
+/// Anycast: announcing this POP's prefixes through BIRD (controlled mode).
+#[derive(clap::Args)]
+struct AnnounceArgs {
+    /// BIRD's control socket. With it, the edge enables its BIRD protocols while it serves
+    /// (sockets bound, a catalog loaded, not drained) and disables them otherwise.
+    #[arg(long)]
+    bird_socket: Option<PathBuf>,
+    /// BIRD protocol (name or pattern) holding the anycast routes; repeatable.
+    #[arg(long = "bird-protocol", default_value = "anycast*")]
+    bird_protocols: Vec<String>,
+    /// A tun device this process creates and holds, up while announcing: BIRD static routes
+    /// `via "NAME"` vanish when the process dies, even on SIGKILL. Needs CAP_NET_ADMIN.
+    #[arg(long)]
+    liveness_interface: Option<String>,
+    /// After SIGTERM: withdraw, keep answering this long, then exit (default 2000 with
+    /// --bird-socket: the router's reconvergence plus answers in flight).
+    #[arg(long)]
+    shutdown_grace_ms: Option<u64>,
+    /// Withdraw when no control node has acknowledged a report for this long. Off by default:
+    /// losing the control plane alone never withdraws (static stability).
+    #[arg(long)]
+    max_staleness_s: Option<u64>,
+}
+
+impl AnnounceArgs {
+    fn options(&self) -> Result<Option<meridian_edge::announce::AnnounceOptions>> {
+        let Some(socket) = &self.bird_socket else {
+            anyhow::ensure!(
+                self.liveness_interface.is_none() && self.max_staleness_s.is_none(),
+                "--liveness-interface and --max-staleness-s need --bird-socket"
+            );
+            return Ok(None);
+        };
+        let options = meridian_edge::announce::AnnounceOptions {
+            bird_socket: socket.clone(),
+            protocols: self.bird_protocols.clone(),
+            max_staleness: self.max_staleness_s.map(std::time::Duration::from_secs),
+            liveness_interface: self.liveness_interface.clone(),
+        };
+        options.validate()?;
+        Ok(Some(options))
+    }
+
+    fn grace(&self) -> std::time::Duration {
+        let default = if self.bird_socket.is_some() { 2000 } else { 0 };
+        std::time::Duration::from_millis(self.shutdown_grace_ms.unwrap_or(default))
+    }
 }
 
 /// What routing policies read on this host.
@@ -233,7 +284,7 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let client = client::Client::new(cli.api.clone(), cli.output);
     match cli.command {
-        Command::Edge(args) => edge(args),
+        Command::Edge(args) => edge(*args),
         Command::Check {
             zones,
             allow_include,
@@ -307,9 +358,21 @@ fn edge(args: EdgeArgs) -> Result<()> {
             addresses: args.listen.iter().map(|a| a.to_string()).collect(),
             region_rtt_ms: args.routing.region_rtt.clone(),
         };
-        runtime.block_on(meridian_edge::run_controlled(options, sync, args.metrics))?;
+        let announce = args.announce.options()?;
+        let grace = args.announce.grace();
+        runtime.block_on(meridian_edge::run_controlled(
+            options,
+            sync,
+            args.metrics,
+            announce,
+            grace,
+        ))?;
         return Ok(());
     }
+    anyhow::ensure!(
+        args.announce.bird_socket.is_none(),
+        "--bird-socket needs a controlled edge (--control): drains come from the control plane"
+    );
     anyhow::ensure!(
         !args.zones.is_empty(),
         "give --zones DIR (static) or --control ADDR (controlled)"
@@ -418,7 +481,7 @@ async fn dev(args: DevArgs, api_listen: SocketAddr) -> Result<()> {
         addresses: vec![args.dns.to_string()],
         region_rtt_ms: args.routing.region_rtt.clone(),
     };
-    let edge = meridian_edge::start_controlled(&options, sync, None, stop_rx.clone()).await?;
+    let edge = meridian_edge::start_controlled(&options, sync, None, None, stop_rx.clone()).await?;
     eprintln!(
         "meridian dev: API on http://{api_addr}, DNS on {} (UDP and TCP), data in {}\n  try: meridian zone create example.com && dig @{} -p {} example.com SOA",
         args.dns,
