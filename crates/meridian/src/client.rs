@@ -303,7 +303,7 @@ impl Client {
 
     /// Runs `call` against each endpoint in turn until one answers (any answer but
     /// "unavailable"). Errors from the server are final.
-    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    pub(crate) async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -320,7 +320,7 @@ impl Client {
     }
 
     /// One pass over the endpoints.
-    async fn call_once<T, F, Fut>(&self, call: &mut F) -> Result<T>
+    pub(crate) async fn call_once<T, F, Fut>(&self, call: &mut F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -349,7 +349,7 @@ impl Client {
         Err(Unavailable(last).into())
     }
 
-    fn routing(channel: Channel) -> v1::routing_client::RoutingClient<Channel> {
+    pub(crate) fn routing(channel: Channel) -> v1::routing_client::RoutingClient<Channel> {
         v1::routing_client::RoutingClient::new(channel)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX)
@@ -1354,7 +1354,7 @@ impl Client {
         Ok(())
     }
 
-    async fn get_change(&self, id: &str) -> Result<v1::ChangeInfo> {
+    pub(crate) async fn get_change(&self, id: &str) -> Result<v1::ChangeInfo> {
         self.call(|c| {
             let id = id.to_string();
             async move {
@@ -1404,7 +1404,7 @@ impl Client {
 
     /// `pop/NAME` or `edge/ID` for a drain target given as a bare name: a known POP or edge id
     /// (the edges' reports say which exist); a name that is both, or neither, needs `--kind`.
-    async fn drain_target(&self, args: &DrainArgs) -> Result<String> {
+    pub(crate) async fn drain_target(&self, args: &DrainArgs) -> Result<String> {
         if let Some(kind) = args.kind {
             let prefix = match kind {
                 DrainKind::Pop => "pop",
@@ -1432,7 +1432,7 @@ impl Client {
         }
     }
 
-    async fn list_edges(&self) -> Result<v1::ListEdgesResponse> {
+    pub(crate) async fn list_edges(&self) -> Result<v1::ListEdgesResponse> {
         self.call(|c| async move {
             EdgeSyncClient::new(c)
                 .list_edges(v1::ListEdgesRequest { local: false })

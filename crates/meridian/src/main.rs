@@ -2,6 +2,7 @@
 //! (`cluster`, `zone`, `record`, `change`, `edges`) that talk gRPC to the control plane.
 
 mod client;
+mod gameday;
 
 /// mimalloc: the control plane's apply path allocates millions of small objects per import, and
 /// glibc malloc spent about 40% of a follower's CPU there (consolidating fragmented bins).
@@ -98,6 +99,20 @@ enum Command {
     Cidr(client::CidrCmd),
     /// Evaluate a query on the current catalog and health: the answer and the path taken.
     Explain(client::ExplainArgs),
+    /// Failover game days: run a scenario while probing the anycast addresses; write a report.
+    #[command(subcommand)]
+    Gameday(GamedayCmd),
+}
+
+#[derive(Subcommand)]
+enum GamedayCmd {
+    /// Run SCENARIO.yaml (`${VAR}` taken from the environment); exit 1 if a step or figure fails.
+    Run {
+        scenario: PathBuf,
+        /// Directory for report.md, report.json and timeline.svg (default gameday-NAME-TIME).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -310,6 +325,9 @@ fn run() -> Result<()> {
         Command::Explain(args) => runtime(2)?.block_on(client.explain(args)),
         Command::Change(cmd) => runtime(2)?.block_on(client.change(cmd)),
         Command::Edges(cmd) => runtime(2)?.block_on(client.edges(cmd)),
+        Command::Gameday(GamedayCmd::Run { scenario, report }) => {
+            runtime(2)?.block_on(gameday::run(client, gameday::Options { scenario, report }))
+        }
     }
 }
 
