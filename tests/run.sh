@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in knot nsd dnsperf bind9-dnsutils knot-dnsutils bird2 protobuf-compiler libclang-dev nftables; do
+for pkg in knot nsd dnsperf bind9-dnsutils knot-dnsutils bird2 protobuf-compiler libclang-dev nftables \
+    iproute2 prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -15,6 +16,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 python3 -c 'import dns' 2>/dev/null || python3 -m pip install -q 'dnspython==2.9.*'
+# Ansible renders the lab's hosts (tests/lab/ansible_render.sh, tests/deploy/check.sh).
+command -v ansible-playbook >/dev/null || python3 -m pip install -q 'ansible-core==2.16.*'
 
 # One cargo invocation style everywhere (--release --workspace --all-targets): feature sets
 # stay identical, so RocksDB's C++ (11 minutes on 2 cores) is compiled once.
@@ -50,4 +53,10 @@ if [ -f tests/diff/knot_diff.py ]; then
   echo "== differential test against Knot DNS on tests/zones"
   python3 tests/diff/knot_diff.py --meridian target/release/meridian
 fi
+echo "== deploy/ and ansible/: promtool rule tests, systemd units, BIRD configs, Ansible render + idempotence"
+tests/deploy/check.sh
+echo "== anycast lab smoke (netns, BIRD router, 2 POPs, 3 control nodes): edge SIGKILL -> route withdrawn"
+MERIDIAN=target/release/meridian python3 tests/lab/lab_smoke.py
+echo "== game days on the lab built from the Ansible-rendered configs (every tests/gameday scenario)"
+tests/gameday/run_all.sh "$(mktemp -d /tmp/meridian-gameday-XXXX)"
 echo "== all tests passed"

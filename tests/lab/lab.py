@@ -994,6 +994,14 @@ def cmd_up(a):
                 ["ctl%d" % c for c in CTL_IDS]:
             start_proc(name)
         wait_controls(st, CTL_IDS)
+        # The health check is created below: its endpoints must listen first, or the check's
+        # first probes fail and flip it while a game day is already running.
+        for e, port in ENDPOINTS.items():
+            ok, _ = wait_for(lambda port=port: nsrun("app", ["python3", "-c",
+                             "import socket; socket.create_connection(('%s', %d), 0.5)" % (APP_ADDR, port)],
+                             check=False).returncode == 0, 20, 0.1)
+            if not ok:
+                raise LabError("endpoint %s (%s:%d) does not accept connections" % (e, APP_ADDR, port))
         s = form_cluster(st)
         log("cluster: leader %s (%.1f s)" % (s.get("leader"), time.monotonic() - t0))
         for pop in POPS:
@@ -1009,12 +1017,19 @@ def cmd_up(a):
 
         def ready():
             last["r"] = e2e_state()
-            return e2e_ok(last["r"], st["edges"]["pop1"]["id"])
+            if not e2e_ok(last["r"], st["edges"]["pop1"]["id"]):
+                return False
+            # Ready also means the probes have spoken: the check is healthy by their verdict,
+            # not merely "no data yet".
+            _, data, text = cli(st, "health", "get", st["hc_primary"])
+            last["health"] = (data or {}).get("status", text)
+            return (data or {}).get("status") == "healthy (probes)"
         ok, took = wait_for(ready, UP_READY_TIMEOUT_S, 0.2)
         if not ok:
             for (c, s_), r in sorted(last.get("r", {}).items()):
                 log("  %s -> %s: %s" % (c, s_, r))
-            raise LabError("no end-to-end answer %s from %s via %s within %.0f s" % (
+            log("  health check %s: %s" % (st.get("hc_primary"), last.get("health")))
+            raise LabError("no end-to-end answer %s from %s via %s (and a healthy check) within %.0f s" % (
                 WWW_PRIMARY, st["edges"]["pop1"]["id"], "both clients, v4 and v6", UP_READY_TIMEOUT_S))
     except LabError as e:
         log("error: %s" % e)
