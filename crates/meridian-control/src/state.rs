@@ -1819,4 +1819,66 @@ mod tests {
         assert_eq!(state.deltas_since(version_before), None);
         assert_eq!(state.deltas_since(state.catalog_version), Some(Vec::new()));
     }
+
+    fn drain(state: &mut State, index: u64, target: &str, drained: bool) -> CommandResult {
+        let command = Command::DrainSet {
+            target: target.into(),
+            drained,
+            comment: String::new(),
+            change_id: format!("drain-{index}"),
+            submitted_ms: 0,
+        };
+        state.apply(index, &command, &mut Vec::new()).0
+    }
+
+    #[test]
+    fn drains_travel_in_the_routing_state_and_change_the_checksum() {
+        let (mut state, i) = state_with_zone();
+        let checksum_before = state.catalog_checksum();
+        assert_eq!(code(&drain(&mut state, i, "pop/fra", true)), "Applied");
+        let routing = state.routing_objects.routing_state();
+        assert!(routing.is_drained("fra", "fra-e1"));
+        assert!(!routing.is_drained("iad", "iad-e1"));
+        assert_ne!(state.catalog_checksum(), checksum_before);
+        // The delta carries the new routing state, so edges learn of the drain in the stream.
+        let delta = state.deltas.back().unwrap();
+        assert_eq!(delta.version, i);
+        assert!(delta.routing.as_ref().unwrap().is_drained("fra", "x"));
+        // One edge alone, by id.
+        assert_eq!(
+            code(&drain(&mut state, i + 1, "edge/iad-e2", true)),
+            "Applied"
+        );
+        let routing = state.routing_objects.routing_state();
+        assert!(routing.is_drained("iad", "iad-e2"));
+        assert!(!routing.is_drained("iad", "iad-e1"));
+        // Idempotent both ways, each with its own change id to wait on.
+        assert_eq!(code(&drain(&mut state, i + 2, "pop/fra", true)), "Applied");
+        assert_eq!(code(&drain(&mut state, i + 3, "pop/fra", false)), "Applied");
+        assert_eq!(code(&drain(&mut state, i + 4, "pop/fra", false)), "Applied");
+        assert!(
+            !state
+                .routing_objects
+                .routing_state()
+                .is_drained("fra", "fra-e1")
+        );
+        assert_eq!(
+            code(&drain(&mut state, i + 5, "edge/iad-e2", false)),
+            "Applied"
+        );
+        assert_eq!(state.catalog_checksum(), checksum_before);
+    }
+
+    #[test]
+    fn malformed_drain_targets_are_refused() {
+        let (mut state, i) = state_with_zone();
+        for (n, bad) in ["fra", "site/fra", "pop/", "edge/a\nb"].iter().enumerate() {
+            assert_eq!(
+                code(&drain(&mut state, i + n as u64, bad, true)),
+                "InvalidDrainTarget",
+                "{bad:?}"
+            );
+        }
+        assert!(state.routing_objects.drained.is_empty());
+    }
 }

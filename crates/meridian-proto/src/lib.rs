@@ -88,3 +88,45 @@ pub fn routing_from_wire(
     }
     Ok(r)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_core::catalog::{DrainTarget, RoutingState};
+    use meridian_core::policy::CidrBlock;
+
+    #[test]
+    fn routing_state_round_trips_through_the_wire() {
+        let mut r = RoutingState::default();
+        r.health.insert("hc-1".into(), true);
+        r.health.insert("hc-2".into(), false);
+        r.cidr.entry("office".into()).or_default().push(CidrBlock {
+            network: "192.0.2.0".parse().unwrap(),
+            prefix_len: 24,
+            location: "hq".into(),
+        });
+        r.rtt
+            .entry("fra".into())
+            .or_default()
+            .insert("hc-1".into(), 12);
+        r.drained.insert(DrainTarget::Pop("fra".into()));
+        r.drained.insert(DrainTarget::Edge("iad-e2".into()));
+        let back = routing_from_wire(&routing_to_wire(&r)).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.checksum(), r.checksum());
+    }
+
+    #[test]
+    fn malformed_routing_state_is_refused() {
+        let mut w = routing_to_wire(&RoutingState::default());
+        w.drained.push("nonsense".into());
+        assert!(routing_from_wire(&w).is_err());
+        let mut w = routing_to_wire(&RoutingState::default());
+        w.cidr.push(v1::CidrEntry {
+            collection: "c".into(),
+            location: "l".into(),
+            cidr: "not a block".into(),
+        });
+        assert!(routing_from_wire(&w).is_err());
+    }
+}
