@@ -313,10 +313,12 @@ impl Announcer {
         if announce && self.shutting_down.load(Ordering::Relaxed) {
             return Ok(());
         }
-        // Withdraw: link first, so it happens even if BIRD hangs. Announce: link last, once
-        // BIRD has accepted the protocols.
+        // Withdraw: link first, so it happens even if BIRD hangs, and BIRD regardless of the
+        // link's result (the first error is returned). Announce: link last, once BIRD has
+        // accepted the protocols.
+        let mut link_error = None;
         if !announce && let Some(l) = &self.liveness {
-            l.set_up(false)?;
+            link_error = l.set_up(false).err();
         }
         if conn.is_none() {
             *conn = Some(Bird::connect(&self.options.bird_socket).await?);
@@ -332,9 +334,13 @@ impl Announcer {
             }
         }
         if announce && let Some(l) = &self.liveness {
+            // A SIGTERM may have withdrawn while we talked to BIRD: never bring the link back.
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             l.set_up(true)?;
         }
-        Ok(())
+        link_error.map_or(Ok(()), Err)
     }
 
     fn record(&self, announced: bool, reason: Reason) {
@@ -358,6 +364,13 @@ impl Announcer {
     /// `shutting_down`, never re-enables.
     pub async fn withdraw_for_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Relaxed);
+        // At once, before waiting for the BIRD connection (the loop may hold it while BIRD
+        // hangs): the routes via the link go now.
+        if let Some(l) = &self.liveness
+            && let Err(e) = l.set_up(false)
+        {
+            tracing::error!(error = %e, "liveness link down on shutdown failed");
+        }
         match self.apply(false).await {
             Ok(()) => self.record(false, Reason::ShuttingDown),
             Err(e) => tracing::error!(error = %e, "withdraw on shutdown failed"),
@@ -380,6 +393,9 @@ impl Announcer {
                 return;
             }
             let (announce, reason) = decide(self.inputs());
+            if self.shutting_down.load(Ordering::Relaxed) {
+                return;
+            }
             if sent == Some(announce) && last_sent.elapsed() < ANNOUNCE_REASSERT {
                 self.record(announce, reason);
                 continue;
@@ -388,6 +404,10 @@ impl Announcer {
                 Ok(()) => {
                     sent = Some(announce);
                     last_sent = tokio::time::Instant::now();
+                    // A SIGTERM that withdrew meanwhile owns the recorded state from now on.
+                    if self.shutting_down.load(Ordering::Relaxed) {
+                        return;
+                    }
                     self.record(announce, reason);
                 }
                 Err(e) => {
@@ -431,6 +451,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const IFF_TUN: libc::c_short = 0x0001;
 /// No packet-information header: we never read packets anyway.
 const IFF_NO_PI: libc::c_short = 0x1000;
+/// Fail if the device exists: attaching to a persistent device (`ip tuntap add`) would leave it
+/// behind when we die, and the routes with it.
+const IFF_TUN_EXCL: libc::c_short = 0x8000u16 as libc::c_short;
 
 impl LivenessInterface {
     /// Creates the device and sets it up. Needs CAP_NET_ADMIN. Fails if another live process
@@ -455,7 +478,7 @@ impl LivenessInterface {
             .map_err(err)?;
         let mut req = IfReqFlags {
             name: [0; 16],
-            flags: IFF_TUN | IFF_NO_PI,
+            flags: IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL,
             _pad: [0; 22],
         };
         req.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -488,9 +511,10 @@ impl LivenessInterface {
             _pad: [0; 22],
         };
         req.name[..self.name.len()].copy_from_slice(self.name.as_bytes());
-        // Interface flags are set through any socket of the namespace.
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-            .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        // Interface flags are set through any socket of the namespace; an unspecified bind needs
+        // no address, so it works before `lo` is up.
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")
+            .or_else(|_| std::net::UdpSocket::bind("[::]:0"))
             .map_err(err)?;
         // SAFETY: SIOCGIFFLAGS fills `flags` of a `struct ifreq`, SIOCSIFFLAGS reads it; `req`
         // has that layout and outlives the calls.

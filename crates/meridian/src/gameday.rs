@@ -39,6 +39,8 @@ const RECORDS_PER_PROBER_MAX: usize = 1_800_000;
 const WAIT_RUN_MIN: usize = 3;
 /// Bounds every wait and hook, so a scenario always ends.
 const STEP_TIMEOUT_MAX_S: f64 = 600.0;
+/// An API step (drain, set_health) that has not committed by then fails the game day.
+const API_STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often the API watcher polls health checks and edges.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 /// How often a change's status is polled until INSYNC.
@@ -129,20 +131,59 @@ pub struct Measure {
     pub max_s: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct Step {
-    #[serde(default)]
     pub name: Option<String>,
     /// Puts a named event on the timeline: when the action started, or for a wait, when the
     /// condition first held.
-    #[serde(default)]
     pub mark: Option<String>,
-    #[serde(flatten)]
     pub action: Action,
 }
 
+/// By hand, because `#[serde(flatten)]` would accept typos and a second action silently: a
+/// step is `name`, `mark` and exactly one action key, whose fields are checked strictly.
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut map = serde_yaml::Mapping::deserialize(d)?;
+        let mut text = |key: &str| match map.remove(key) {
+            None => Ok(None),
+            Some(serde_yaml::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(D::Error::custom(format!("step {key} must be a string"))),
+        };
+        let name = text("name")?;
+        let mark = text("mark")?;
+        if map.len() != 1 {
+            let keys: Vec<String> = map
+                .keys()
+                .map(|k| {
+                    serde_yaml::to_string(k)
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string()
+                })
+                .collect();
+            return Err(D::Error::custom(format!(
+                "a step has name, mark and exactly one action; found {keys:?}"
+            )));
+        }
+        // serde_yaml reads enums only as `!Tag`s; serde's own flatten path reads the one-key map.
+        #[derive(Deserialize)]
+        struct OneAction {
+            #[serde(flatten)]
+            action: Action,
+        }
+        let action = serde_yaml::from_value::<OneAction>(serde_yaml::Value::Mapping(map))
+            .map(|one| one.action)
+            .map_err(|e| {
+                D::Error::custom(format!("step {:?}: {e}", name.as_deref().unwrap_or("")))
+            })?;
+        Ok(Step { name, mark, action })
+    }
+}
+
 #[derive(Debug, Deserialize, Clone)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     Sleep(f64),
     /// A shell command (`sh -c`), e.g. a lab fault; must exit 0.
@@ -215,7 +256,7 @@ pub fn parse_scenario(text: &str) -> Result<Scenario> {
         "scenario over {SCENARIO_BYTES_MAX} bytes"
     );
     let text = substitute_env(text, |v| std::env::var(v).ok())?;
-    let s: Scenario = serde_yaml::from_str(&text).context("scenario")?;
+    let mut s: Scenario = serde_yaml::from_str(&text).context("scenario")?;
     anyhow::ensure!(
         !s.steps.is_empty() && s.steps.len() + s.finally.len() <= STEPS_MAX,
         "1 to {STEPS_MAX} steps"
@@ -241,10 +282,6 @@ pub fn parse_scenario(text: &str) -> Result<Scenario> {
         t.parse::<SocketAddr>()
             .with_context(|| format!("probe target {t:?} is not ADDR:PORT"))?;
     }
-    for a in &s.probe.expect_answers {
-        a.parse::<IpAddr>()
-            .with_context(|| format!("expected answer {a:?} is not an address"))?;
-    }
     qtype_code(&s.probe.qtype)?;
     encode_name(&s.probe.qname)?;
     for step in s.steps.iter().chain(&s.finally) {
@@ -258,11 +295,29 @@ pub fn parse_scenario(text: &str) -> Result<Scenario> {
                 "step durations are 0 to {STEP_TIMEOUT_MAX_S} s"
             );
         }
-        if let Action::ExpectAnswers(a) | Action::WaitAnswer { answers: a, .. } = &step.action {
-            for x in a {
-                x.parse::<IpAddr>()
-                    .with_context(|| format!("answer {x:?} is not an address"))?;
-            }
+        if let Action::Assert {
+            lost_max: None,
+            wrong_max: None,
+            ..
+        } = &step.action
+        {
+            bail!("an assert names lost_max, wrong_max or both (it would check nothing)");
+        }
+    }
+    // Answers compare as text: spell every address the way the probes do.
+    let canonical = |list: &mut Vec<String>| -> Result<()> {
+        for x in list.iter_mut() {
+            *x = x
+                .parse::<IpAddr>()
+                .with_context(|| format!("answer {x:?} is not an address"))?
+                .to_string();
+        }
+        Ok(())
+    };
+    canonical(&mut s.probe.expect_answers)?;
+    for step in s.steps.iter_mut().chain(s.finally.iter_mut()) {
+        if let Action::ExpectAnswers(a) | Action::WaitAnswer { answers: a, .. } = &mut step.action {
+            canonical(a)?;
         }
     }
     Ok(s)
@@ -274,9 +329,8 @@ fn qtype_code(t: &str) -> Result<u16> {
     Ok(match t.to_ascii_uppercase().as_str() {
         "A" => 1,
         "AAAA" => 28,
-        "TXT" => 16,
-        "SOA" => 6,
-        other => bail!("probe.qtype {other:?}: A, AAAA, TXT or SOA"),
+        // Right and wrong are judged by the addresses in the answer.
+        other => bail!("probe.qtype {other:?}: A or AAAA"),
     })
 }
 
@@ -538,6 +592,14 @@ fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// What every prober shares: the time origin of all records and the flags that end probing.
+#[derive(Clone)]
+struct ProbeClock {
+    started: Instant,
+    stop: Arc<AtomicBool>,
+    truncated: Arc<AtomicBool>,
+}
+
 /// Starts a prober's sender and receiver threads; they stop when `stop` is set.
 fn start_prober(
     prober: Arc<Prober>,
@@ -545,9 +607,13 @@ fn start_prober(
     target: SocketAddr,
     query: (Vec<u8>, u16),
     rate_per_s: u32,
-    started: Instant,
-    stop: Arc<AtomicBool>,
+    clock: ProbeClock,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let ProbeClock {
+        started,
+        stop,
+        truncated,
+    } = clock;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<UdpSocket, String>>();
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate_per_s));
     let sender_prober = prober.clone();
@@ -588,6 +654,8 @@ fn start_prober(
                 {
                     let mut recs = sender_prober.records.lock().expect("records");
                     if recs.len() >= RECORDS_PER_PROBER_MAX {
+                        // Waits and asserts would judge stale data from here on: say so.
+                        truncated.store(true, Ordering::Relaxed);
                         break;
                     }
                     recs.push(Rec {
@@ -668,6 +736,8 @@ struct Run {
     expect: Mutex<Vec<(u64, Vec<String>)>>,
     probers: Vec<Arc<Prober>>,
     timeout_ms: u32,
+    /// A prober hit [`RECORDS_PER_PROBER_MAX`] and stopped: the game day fails.
+    truncated: Arc<AtomicBool>,
 }
 
 impl Run {
@@ -713,6 +783,9 @@ impl Run {
     /// When every prober's trailing run satisfies `pred`: the latest run start (the moment the
     /// last client moved).
     fn all_since(&self, pred: &dyn Fn(&Rec) -> bool) -> Option<u64> {
+        if self.truncated.load(Ordering::Relaxed) {
+            return None;
+        }
         let now = self.now_ms();
         let mut latest = 0;
         for p in &self.probers {
@@ -759,6 +832,7 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
     let started = Instant::now();
     let started_unix_ms = meridian_control::node::now_ms();
     let stop = Arc::new(AtomicBool::new(false));
+    let truncated = Arc::new(AtomicBool::new(false));
     let mut probers = Vec::new();
     let mut threads = Vec::new();
     for c in &clients {
@@ -768,15 +842,25 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
                 name: format!("{} → {}", c.name, t),
                 records: Mutex::new(Vec::new()),
             });
-            threads.extend(start_prober(
+            match start_prober(
                 prober.clone(),
                 c.clone(),
                 target,
                 (qname.clone(), qtype),
                 scenario.probe.rate_per_s,
-                started,
-                stop.clone(),
-            )?);
+                ProbeClock {
+                    started,
+                    stop: stop.clone(),
+                    truncated: truncated.clone(),
+                },
+            ) {
+                Ok(t) => threads.extend(t),
+                Err(e) => {
+                    // The probers already running must not outlive the failed start.
+                    stop.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
             probers.push(prober);
         }
     }
@@ -787,6 +871,7 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
         expect: Mutex::new(vec![(0, scenario.probe.expect_answers.clone())]),
         probers,
         timeout_ms: scenario.probe.timeout_ms,
+        truncated: truncated.clone(),
     });
     eprintln!(
         "game day {:?}: {} probers at {}/s each; report in {}",
@@ -825,7 +910,12 @@ pub async fn run(client: Client, options: Options) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     let report = build_report(&scenario, &run, &edge_pops, results, started_unix_ms);
-    let failed = failed || !report.measures_ok;
+    if truncated.load(Ordering::Relaxed) {
+        eprintln!(
+            "a prober reached {RECORDS_PER_PROBER_MAX} queries and stopped: lower rate_per_s or shorten the game day"
+        );
+    }
+    let failed = failed || !report.measures_ok || truncated.load(Ordering::Relaxed);
     std::fs::write(
         report_dir.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
@@ -890,7 +980,13 @@ async fn run_step(
     let name = step.name.clone().unwrap_or_else(|| action.clone());
     eprintln!("step: {name}");
     let mut mark_at = Some(start_ms);
-    let outcome: Result<String> = async {
+    // Every step ends: API calls retry through elections but not forever (a leader without a
+    // quorum, a stopped control node), and waits and hooks have their own bounds below this.
+    let limit = match step.action {
+        Action::Drain(_) | Action::Undrain(_) | Action::SetHealth { .. } => API_STEP_TIMEOUT,
+        _ => Duration::from_secs_f64(STEP_TIMEOUT_MAX_S) + API_STEP_TIMEOUT,
+    };
+    let outcome: Result<String> = tokio::time::timeout(limit, async {
         match &step.action {
             Action::Sleep(s) => {
                 tokio::time::sleep(Duration::from_secs_f64(*s)).await;
@@ -903,6 +999,8 @@ async fn run_step(
                         .arg("-c")
                         .arg(cmd)
                         .stdin(std::process::Stdio::null())
+                        // A hook that times out must not go on faulting the lab.
+                        .kill_on_drop(true)
                         .output(),
                 )
                 .await
@@ -1020,8 +1118,9 @@ async fn run_step(
             } => {
                 let deadline = Instant::now() + Duration::from_secs_f64(*timeout_s);
                 loop {
+                    // "healthy (probes)", "no data: healthy", "unhealthy (operator)", ...
                     if let Ok(status) = health_status(client, check).await
-                        && status.starts_with("healthy") == *healthy
+                        && status.starts_with("unhealthy") != *healthy
                     {
                         mark_at = Some(run.now_ms());
                         break Ok(status);
@@ -1065,8 +1164,9 @@ async fn run_step(
                 Ok(String::new())
             }
         }
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("step did not finish within {limit:?}")));
     let end_ms = run.now_ms();
     let (ok, detail) = match outcome {
         Ok(d) => (true, d),
@@ -1280,10 +1380,15 @@ fn build_report(
     scenario: &Scenario,
     run: &Run,
     edge_pops: &EdgePops,
-    steps: Vec<StepResult>,
+    mut steps: Vec<StepResult>,
     started_unix_ms: u64,
 ) -> Report {
     let now = run.now_ms();
+    // Counted again now that every probe has resolved: at a step's end its last probes were
+    // still in flight, and a short fault step would show none of its losses.
+    for s in &mut steps {
+        s.counts = run.counts(s.start_ms, s.end_ms);
+    }
     let total = run.counts(0, u64::MAX);
     let expect = run.expect_fn();
     let mut probers = Vec::new();
@@ -1308,7 +1413,9 @@ fn build_report(
                 (Some(a), Some(b)) => Some((*b as f64 - *a as f64) / 1000.0),
                 _ => None,
             };
+            // Negative: the `to` condition held before `from` (nothing moved because of it).
             let ok = match (seconds, m.max_s) {
+                (Some(s), _) if s < 0.0 => false,
                 (Some(s), Some(max)) => s <= max,
                 (None, _) => false,
                 (Some(_), None) => true,
@@ -1719,6 +1826,16 @@ mod tests {
         let ok = "name: t\nprobe: {targets: ['127.0.0.1:53'], qname: a.test., rate_per_s: 10}\nsteps:\n  - sleep: 1\n  - drain: pop1\n    mark: fault\n  - wait_pop: {pop: pop2, timeout_s: 5}\n";
         let s = parse_scenario(ok).unwrap();
         assert_eq!(s.steps.len(), 3);
+        assert_eq!(s.steps[1].mark.as_deref(), Some("fault"));
+        // Addresses are compared as the probes spell them.
+        let v6 = ok.replace(
+            "steps:\n",
+            "steps:\n  - expect_answers: ['2001:DB8:0::1']\n",
+        );
+        let s6 = parse_scenario(&v6).unwrap();
+        assert!(
+            matches!(&s6.steps[0].action, Action::ExpectAnswers(a) if a == &vec!["2001:db8::1".to_string()])
+        );
         assert!(matches!(s.steps[1].action, Action::Drain(_)));
         for bad in [
             ok.replace("rate_per_s: 10", "rate_per_s: 0"),
@@ -1726,6 +1843,11 @@ mod tests {
             ok.replace("sleep: 1", "sleep: 100000"),
             ok.replace("sleep: 1", "nap: 1"),
             ok.replace("name: t", "name: t\nbogus: 1"),
+            // A typo in an action's field, two actions in one step, an assert of nothing.
+            ok.replace("timeout_s: 5", "timeout: 5"),
+            ok.replace("  - sleep: 1\n", "  - sleep: 1\n    drain: pop9\n"),
+            ok.replace("  - sleep: 1\n", "  - assert: {since: fault}\n"),
+            ok.replace("rate_per_s: 10}", "rate_per_s: 10, qtype: TXT}"),
         ] {
             assert!(parse_scenario(&bad).is_err(), "{bad}");
         }
