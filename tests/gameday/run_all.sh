@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 OUT=${1:-$(mktemp -d /tmp/meridian-gameday-XXXX)}
 shift || true
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(drain-pop edge-stop edge-kill endpoint-failure control-plane-down leader-kill partition)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(drain-pop edge-stop edge-kill dns-blocked endpoint-failure control-plane-down leader-kill partition)
 MERIDIAN=$(realpath "${MERIDIAN:-target/release/meridian}")
 export MERIDIAN
 export LAB_PREFIX=${LAB_PREFIX:-mrd-}

@@ -46,6 +46,14 @@ pub const BIRD_REPLY_LINES_MAX: usize = 256;
 pub const BIRD_PROTOCOLS_MAX: usize = 16;
 /// Longest network interface name Linux accepts (IFNAMSIZ includes the NUL).
 pub const IFNAME_BYTES_MAX: usize = 15;
+/// The edge queries its own DNS socket this often: a POP that cannot answer must stop
+/// attracting traffic within a second (a firewall mistake, stuck or dead workers).
+pub const SELF_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// A self-query unanswered after this failed; loopback answers take microseconds.
+pub const SELF_CHECK_TIMEOUT: Duration = Duration::from_millis(150);
+/// Consecutive failures that withdraw, and successes that announce again (hysteresis, so one
+/// lost datagram never flaps the route): 3 × 200 ms keeps detection under a second.
+pub const SELF_CHECK_THRESHOLD: u32 = 3;
 
 /// Why the edge announces or not; reported to the control plane and in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +70,8 @@ pub enum Reason {
     ShuttingDown = 4,
     /// `--max-staleness-s` exceeded without a control node acknowledging a report.
     ControlStale = 5,
+    /// Our own DNS socket does not answer our queries.
+    NotAnswering = 6,
 }
 
 impl Reason {
@@ -72,6 +82,7 @@ impl Reason {
             3 => Reason::Drained,
             4 => Reason::ShuttingDown,
             5 => Reason::ControlStale,
+            6 => Reason::NotAnswering,
             _ => Reason::Starting,
         }
     }
@@ -83,6 +94,7 @@ impl Reason {
             Reason::Drained => "drained",
             Reason::ShuttingDown => "shutting-down",
             Reason::ControlStale => "control-stale",
+            Reason::NotAnswering => "not-answering",
         }
     }
 }
@@ -96,6 +108,8 @@ pub struct Inputs {
     /// `Some(ms)` since the last acknowledged report, when `--max-staleness-s` is set.
     pub control_silence_ms: Option<u64>,
     pub max_staleness_ms: Option<u64>,
+    /// The self-check says our DNS socket does not answer.
+    pub not_answering: bool,
 }
 
 /// The decision, pure: announce or not, and why. Shutting down and drains win over everything;
@@ -109,6 +123,9 @@ pub fn decide(i: Inputs) -> (bool, Reason) {
     }
     if !i.catalog_loaded {
         return (false, Reason::NoCatalog);
+    }
+    if i.not_answering {
+        return (false, Reason::NotAnswering);
     }
     if let (Some(silence), Some(max)) = (i.control_silence_ms, i.max_staleness_ms)
         && silence > max
@@ -149,6 +166,8 @@ pub struct AnnounceOptions {
     pub max_staleness: Option<Duration>,
     /// Tun device whose life is this process's (see [`LivenessInterface`]).
     pub liveness_interface: Option<String>,
+    /// Where the self-check sends its queries (one of our listen addresses); `None`: no check.
+    pub self_check: Option<std::net::SocketAddr>,
 }
 
 impl AnnounceOptions {
@@ -255,6 +274,8 @@ pub struct Announcer {
     started_ms: u64,
     /// Set once on SIGTERM; from then on nothing announces again.
     shutting_down: std::sync::atomic::AtomicBool,
+    /// The self-check's verdict, with hysteresis (see [`SELF_CHECK_THRESHOLD`]).
+    not_answering: std::sync::atomic::AtomicBool,
 }
 
 impl Announcer {
@@ -282,6 +303,7 @@ impl Announcer {
             liveness,
             started_ms: now_ms(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            not_answering: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -302,6 +324,7 @@ impl Announcer {
             shutting_down,
             control_silence_ms: Some(now_ms().saturating_sub(contact)),
             max_staleness_ms: self.options.max_staleness.map(|d| d.as_millis() as u64),
+            not_answering: self.not_answering.load(Ordering::Relaxed),
         }
     }
 
@@ -380,6 +403,9 @@ impl Announcer {
     /// Re-evaluates every [`ANNOUNCE_TICK`] until `shutdown` changes; sends BIRD the desired
     /// state when it changes, and every [`ANNOUNCE_REASSERT`] regardless.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        if let Some(target) = self.options.self_check {
+            tokio::spawn(self.clone().self_check(target, shutdown.clone()));
+        }
         let mut sent: Option<bool> = None;
         let mut last_sent = tokio::time::Instant::now();
         let mut ticker = tokio::time::interval(ANNOUNCE_TICK);
@@ -426,6 +452,83 @@ impl Announcer {
             }
         }
     }
+}
+
+impl Announcer {
+    /// Queries our own DNS socket every [`SELF_CHECK_INTERVAL`] (CHAOS TXT `id.server`, which
+    /// every edge answers, from a fresh socket so the SO_REUSEPORT hash visits the workers in
+    /// turn); [`SELF_CHECK_THRESHOLD`] failures in a row set `not_answering`, as many
+    /// successes clear it.
+    async fn self_check(
+        self: Arc<Self>,
+        target: std::net::SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let (mut failures, mut successes) = (0u32, 0u32);
+        let mut id: u16 = 0;
+        // A fixed cadence (the timeout is shorter than the interval): failures are detected in
+        // THRESHOLD intervals, not THRESHOLD × (interval + timeout).
+        let mut ticker = tokio::time::interval(SELF_CHECK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            id = id.wrapping_add(1);
+            let ok = self_query(target, id).await;
+            if ok {
+                (failures, successes) = (0, successes.saturating_add(1));
+            } else {
+                (failures, successes) = (failures.saturating_add(1), 0);
+            }
+            let was = self.not_answering.load(Ordering::Relaxed);
+            if !was && failures >= SELF_CHECK_THRESHOLD {
+                tracing::error!(%target, failures, "our own DNS socket does not answer: withdrawing");
+                self.not_answering.store(true, Ordering::Relaxed);
+            } else if was && successes >= SELF_CHECK_THRESHOLD {
+                tracing::info!(%target, "our own DNS socket answers again");
+                self.not_answering.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// One self-query: any well-formed response with our id counts (REFUSED too: the server runs).
+async fn self_query(target: std::net::SocketAddr, id: u16) -> bool {
+    let local: std::net::SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let Ok(socket) = tokio::net::UdpSocket::bind(local).await else {
+        return false;
+    };
+    // CH TXT id.server, RD off, no EDNS.
+    let mut q = Vec::with_capacity(32);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(b"\x02id\x06server\x00");
+    q.extend_from_slice(&[0, 16, 0, 3]);
+    if socket.send_to(&q, target).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    let answer = tokio::time::timeout(SELF_CHECK_TIMEOUT, async {
+        loop {
+            match socket.recv_from(&mut buf).await {
+                Ok((n, from)) if from == target && n >= 12 => {
+                    if buf[..2] == id.to_be_bytes() && buf[2] & 0x80 != 0 {
+                        return true;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    answer.unwrap_or(false)
 }
 
 /// A tun interface held open by this process: BIRD static routes `via "NAME"` exist only while
@@ -546,6 +649,7 @@ mod tests {
             shutting_down: false,
             control_silence_ms: Some(0),
             max_staleness_ms: None,
+            not_answering: false,
         }
     }
 
@@ -568,6 +672,29 @@ mod tests {
             ..inputs()
         };
         assert_eq!(decide(stopping), (false, Reason::ShuttingDown));
+        let mute = Inputs {
+            not_answering: true,
+            ..inputs()
+        };
+        assert_eq!(decide(mute), (false, Reason::NotAnswering));
+    }
+
+    #[tokio::test]
+    async fn the_self_query_needs_an_answer() {
+        // A socket that answers (echoes with QR set) and one that never does.
+        let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let target = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, from) = server.recv_from(&mut buf).await.unwrap();
+                buf[2] |= 0x80;
+                server.send_to(&buf[..n], from).await.unwrap();
+            }
+        });
+        assert!(self_query(target, 7).await);
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!self_query(silent.local_addr().unwrap(), 8).await);
     }
 
     #[test]
@@ -597,6 +724,7 @@ mod tests {
             protocols: vec![p.to_string()],
             max_staleness: None,
             liveness_interface: None,
+            self_check: None,
         };
         assert!(opts("anycast*").validate().is_ok());
         assert!(opts("anycast4").validate().is_ok());
@@ -614,6 +742,7 @@ mod tests {
             Reason::Drained,
             Reason::ShuttingDown,
             Reason::ControlStale,
+            Reason::NotAnswering,
         ] {
             assert_eq!(Reason::from_u8(r as u8), r);
         }

@@ -300,7 +300,20 @@ pub async fn start_controlled(
         tracing::info!(%addr, workers = options.workers, edge = %sync_options.edge_id, pop = %sync_options.pop, "serving DNS on UDP and TCP");
     }
     // After the sockets are bound (Edge::start), so an announcement always has a server.
-    if let Some(options) = announce {
+    if let Some(mut options) = announce {
+        // The self-check queries what we bound (a wildcard bind is reached over loopback).
+        options.self_check = edge.bound.first().map(|a| {
+            let ip = match a.ip() {
+                std::net::IpAddr::V4(v4) if v4.is_unspecified() => {
+                    std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                }
+                std::net::IpAddr::V6(v6) if v6.is_unspecified() => {
+                    std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+                }
+                ip => ip,
+            };
+            SocketAddr::new(ip, a.port())
+        });
         let announcer = announce::Announcer::new(
             options,
             sync_options.pop.clone(),

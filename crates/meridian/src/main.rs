@@ -194,6 +194,8 @@ impl AnnounceArgs {
             protocols: self.bird_protocols.clone(),
             max_staleness: self.max_staleness_s.map(std::time::Duration::from_secs),
             liveness_interface: self.liveness_interface.clone(),
+            // Set by the edge once its sockets are bound.
+            self_check: None,
         };
         options.validate()?;
         Ok(Some(options))
