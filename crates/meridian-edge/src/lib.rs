@@ -9,6 +9,7 @@
 pub mod announce;
 pub mod geo;
 pub mod metrics;
+pub mod notify;
 pub mod probe;
 pub mod sync;
 pub mod tcp;
@@ -210,6 +211,9 @@ pub async fn run_static(options: EdgeOptions, source: zones::ZoneSource) -> Resu
     for addr in &edge.bound {
         tracing::info!(%addr, workers = options.workers, "serving DNS on UDP and TCP");
     }
+    // The watchdog pings end with the process; a static edge has no shutdown channel of its own.
+    let (_watchdog_stop, watchdog_rx) = watch::channel(false);
+    ready_for_systemd(watchdog_rx);
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -254,6 +258,7 @@ pub async fn run_controlled(
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    let _ = notify::notify("STOPPING=1");
     if let Some(announcer) = &edge.announcer {
         announcer.withdraw_for_shutdown().await;
         tracing::info!(
@@ -352,8 +357,22 @@ pub async fn start_controlled(
             edge.udp_stats.clone(),
             edge.tcp_stats.clone(),
             stats,
-            shutdown,
+            shutdown.clone(),
         ));
     }
+    ready_for_systemd(shutdown);
     Ok(edge)
+}
+
+/// Tells systemd we serve (`Type=notify`) and, with `WatchdogSec=`, starts the pings.
+fn ready_for_systemd(shutdown: watch::Receiver<bool>) {
+    match notify::notify("READY=1") {
+        Ok(true) => tracing::info!("told systemd we are ready"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "systemd notify failed"),
+    }
+    if let Some(period) = notify::watchdog_period() {
+        tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog on");
+        tokio::spawn(notify::watchdog(period, shutdown));
+    }
 }
