@@ -509,24 +509,51 @@ impl Client {
                 }
             }
             HealthCmd::SetStatus { id, status } => {
-                let change = self
-                    .call(|c| {
-                        let req = v1::SetHealthStatusRequest {
-                            id: id.clone(),
-                            status: status.clone(),
-                        };
-                        async move {
-                            Self::routing(c)
-                                .set_health_status(req)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    })
-                    .await?;
+                let change = self.set_health_status(&id, &status).await?;
                 self.print_change(&change);
             }
         }
         Ok(())
+    }
+
+    /// An operator verdict (`healthy`, `unhealthy`, `auto`); the CLI and game days share it.
+    pub(crate) async fn set_health_status(&self, id: &str, status: &str) -> Result<v1::ChangeInfo> {
+        self.call(|c| {
+            let req = v1::SetHealthStatusRequest {
+                id: id.to_string(),
+                status: status.to_string(),
+            };
+            async move {
+                Self::routing(c)
+                    .set_health_status(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Drains (or undrains) `target` (`pop/NAME` or `edge/ID`); the CLI and game days share it.
+    pub(crate) async fn set_drain(
+        &self,
+        target: &str,
+        drained: bool,
+        comment: &str,
+    ) -> Result<v1::ChangeInfo> {
+        self.call(|c| {
+            let req = v1::SetDrainRequest {
+                target: target.to_string(),
+                drained,
+                comment: comment.to_string(),
+            };
+            async move {
+                EdgeSyncClient::new(c)
+                    .set_drain(req)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
     }
 
     async fn cidr_collections(&self) -> Result<Vec<v1::CidrCollection>> {
@@ -1449,21 +1476,7 @@ impl Client {
             EdgesCmd::Undrain(args) => (args, false),
         };
         let target = self.drain_target(&args).await?;
-        let change = self
-            .call(|c| {
-                let req = v1::SetDrainRequest {
-                    target: target.clone(),
-                    drained,
-                    comment: args.comment.clone(),
-                };
-                async move {
-                    EdgeSyncClient::new(c)
-                        .set_drain(req)
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
-            .await?;
+        let change = self.set_drain(&target, drained, &args.comment).await?;
         self.print_change(&change);
         Ok(())
     }

@@ -1025,23 +1025,10 @@ async fn run_step(
                     })
                     .await?;
                 let change = client
-                    .call(|c| {
-                        let req = v1::SetDrainRequest {
-                            target: target.clone(),
-                            drained,
-                            comment: format!("game day step: {name}"),
-                        };
-                        async move {
-                            v1::edge_sync_client::EdgeSyncClient::new(c)
-                                .set_drain(req)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    })
+                    .set_drain(&target, drained, &format!("game day step: {name}"))
                     .await?;
-                let committed = run.now_ms();
                 run.event(
-                    committed,
+                    run.now_ms(),
                     "api",
                     format!(
                         "{} {target} committed: change {}",
@@ -1049,36 +1036,11 @@ async fn run_step(
                         change.id
                     ),
                 );
-                tokio::spawn(wait_insync(
-                    client.clone(),
-                    run.clone(),
-                    change.id.clone(),
-                    start_ms,
-                ));
-                Ok(format!("change {}", change.id))
+                Ok(follow_change(client, run, &change, start_ms))
             }
             Action::SetHealth { check, status } => {
-                let change = client
-                    .call(|c| {
-                        let req = v1::SetHealthStatusRequest {
-                            id: check.clone(),
-                            status: status.clone(),
-                        };
-                        async move {
-                            Client::routing(c)
-                                .set_health_status(req)
-                                .await
-                                .map(|r| r.into_inner())
-                        }
-                    })
-                    .await?;
-                tokio::spawn(wait_insync(
-                    client.clone(),
-                    run.clone(),
-                    change.id.clone(),
-                    start_ms,
-                ));
-                Ok(format!("change {}", change.id))
+                let change = client.set_health_status(check, status).await?;
+                Ok(follow_change(client, run, &change, start_ms))
             }
             Action::WaitPop { pop, timeout_s } => {
                 let pops = edge_pops.clone();
@@ -1223,6 +1185,23 @@ async fn wait_until(run: &Arc<Run>, timeout_s: f64, pred: impl Fn(&Rec) -> bool)
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Puts the change's INSYNC on the timeline when it happens (in the background: the scenario
+/// goes on meanwhile); returns the step's detail.
+fn follow_change(
+    client: &Arc<Client>,
+    run: &Arc<Run>,
+    change: &v1::ChangeInfo,
+    since_ms: u64,
+) -> String {
+    tokio::spawn(wait_insync(
+        client.clone(),
+        run.clone(),
+        change.id.clone(),
+        since_ms,
+    ));
+    format!("change {}", change.id)
 }
 
 async fn wait_insync(client: Arc<Client>, run: Arc<Run>, change_id: String, since_ms: u64) {
