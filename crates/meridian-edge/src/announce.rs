@@ -135,13 +135,6 @@ pub fn decide(i: Inputs) -> (bool, Reason) {
     (true, Reason::Serving)
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AnnounceError {
     #[error("BIRD socket {0}: {1}")]
@@ -301,7 +294,7 @@ impl Announcer {
             stats,
             conn: Mutex::new(None),
             liveness,
-            started_ms: now_ms(),
+            started_ms: crate::now_ms(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             not_answering: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -322,7 +315,7 @@ impl Announcer {
             catalog_loaded: self.stats.applied_version.load(Ordering::Relaxed) > 0,
             drained,
             shutting_down,
-            control_silence_ms: Some(now_ms().saturating_sub(contact)),
+            control_silence_ms: Some(crate::now_ms().saturating_sub(contact)),
             max_staleness_ms: self.options.max_staleness.map(|d| d.as_millis() as u64),
             not_answering: self.not_answering.load(Ordering::Relaxed),
         }

@@ -26,6 +26,14 @@ use arc_swap::ArcSwap;
 use meridian_core::{Catalog, ServerConfig};
 use tokio::sync::watch;
 
+/// Wall-clock Unix milliseconds: what reports, probe results and staleness are stamped with.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// UDP worker threads per listen address. More than cores only adds contention.
 pub const WORKERS_MAX: usize = 256;
 

@@ -99,7 +99,7 @@ pub fn render(udp: &[Arc<UdpStats>], tcp: &TcpStats, sync: &SyncStats) -> String
         let _ = writeln!(
             out,
             "# HELP meridian_edge_control_contact_age_seconds since a control node last acknowledged a report\n# TYPE meridian_edge_control_contact_age_seconds gauge\nmeridian_edge_control_contact_age_seconds {:.3}",
-            crate::announce::now_ms().saturating_sub(contact) as f64 / 1e3
+            crate::now_ms().saturating_sub(contact) as f64 / 1e3
         );
     }
     let _ = writeln!(

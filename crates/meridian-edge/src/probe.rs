@@ -48,13 +48,6 @@ struct Scheduled {
     next: Instant,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn jitter(id: &str, interval_ms: u32) -> Duration {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in id.bytes() {
@@ -162,7 +155,7 @@ pub async fn run(
                     ok,
                     rtt_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
                     detail,
-                    at_unix_ms: now_ms(),
+                    at_unix_ms: crate::now_ms(),
                 };
                 let _ = tx.try_send(result);
                 drop(permit);

@@ -391,7 +391,7 @@ async fn report_everywhere(
                 if client.report(report).await.is_ok() {
                     stats
                         .last_contact_ms
-                        .fetch_max(crate::announce::now_ms(), Ordering::Relaxed);
+                        .fetch_max(crate::now_ms(), Ordering::Relaxed);
                 }
             });
         }

@@ -1230,7 +1230,8 @@ async fn wait_insync(client: Arc<Client>, run: Arc<Run>, change_id: String, sinc
     );
 }
 
-async fn health_status(client: &Client, id: &str) -> Result<String> {
+/// Every health check's status in one call (the watcher polls several checks at once).
+async fn health_statuses(client: &Client) -> Result<BTreeMap<String, String>> {
     let mut call = |c| async move {
         Client::routing(c)
             .list_health_checks(v1::ListHealthChecksRequest { stale: false })
@@ -1240,10 +1241,17 @@ async fn health_status(client: &Client, id: &str) -> Result<String> {
     let list = tokio::time::timeout(WATCH_INTERVAL * 5, client.call_once(&mut call))
         .await
         .context("API timeout")??;
-    list.health_checks
+    Ok(list
+        .health_checks
         .into_iter()
-        .find(|h| h.id == id)
-        .map(|h| h.status)
+        .map(|h| (h.id, h.status))
+        .collect())
+}
+
+async fn health_status(client: &Client, id: &str) -> Result<String> {
+    health_statuses(client)
+        .await?
+        .remove(id)
         .with_context(|| format!("no health check {id}"))
 }
 
@@ -1296,9 +1304,12 @@ async fn watch_api(client: Arc<Client>, run: Arc<Run>, edge_pops: EdgePops, chec
                 api_up = Some(false);
             }
         }
-        if api_up == Some(true) {
+        if api_up == Some(true)
+            && !checks.is_empty()
+            && let Ok(mut statuses) = health_statuses(&client).await
+        {
             for id in &checks {
-                let Ok(status) = health_status(&client, id).await else {
+                let Some(status) = statuses.remove(id) else {
                     continue;
                 };
                 if health.get(id) != Some(&status) {
