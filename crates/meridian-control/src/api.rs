@@ -29,6 +29,20 @@ use meridian_core::change::{Action, COMMENT_CHARS_MAX, Change, ChangeBatch};
 /// Record sets per `ListRecordSets` page when the client does not say; and the most it may ask.
 pub const LIST_PAGE_DEFAULT: u32 = 1000;
 pub const LIST_PAGE_MAX: u32 = 10_000;
+/// Idempotency tokens and caller references are kept in the replicated state for every change
+/// and zone; Route 53 caps CallerReference at 128 characters, so do we.
+pub const CLIENT_TOKEN_BYTES_MAX: usize = 128;
+
+/// Refuses an over-long idempotency token or caller reference before it reaches Raft.
+fn check_client_token(field: &str, token: &str) -> Result<(), Status> {
+    if token.len() > CLIENT_TOKEN_BYTES_MAX {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {} bytes, at most {CLIENT_TOKEN_BYTES_MAX}",
+            token.len()
+        )));
+    }
+    Ok(())
+}
 /// gRPC message size for API calls: a 10,000-set batch of long TXT records is several MB.
 pub const API_MESSAGE_BYTES_MAX: usize = 64 << 20;
 /// Full catalogs can be large (a 1M-record zone is ~60 MB encoded).
@@ -182,6 +196,7 @@ impl zones_server::Zones for Api {
             for v in [1u32, 7200, 900, 1_209_600, 86400] {
                 soa.extend_from_slice(&v.to_be_bytes());
             }
+            check_client_token("caller_reference", &req.caller_reference)?;
             let command = Command::CreateZone {
                 name: name.clone(),
                 caller_reference: req.caller_reference.clone(),
@@ -267,6 +282,7 @@ impl zones_server::Zones for Api {
     ) -> Result<Response<v1::ChangeInfo>, Status> {
         let result: Result<_, Status> = async move {
             let req = request.into_inner();
+            check_client_token("idempotency_token", &req.idempotency_token)?;
             let zone = parse_name(&req.zone, None)?;
             let batch = batch_from_proto(&req, &zone)?;
             let comment = batch.comment.clone();
@@ -1217,6 +1233,7 @@ impl routing_server::Routing for Api {
     ) -> Result<Response<v1::HealthCheck>, Status> {
         let result: Result<_, Status> = async move {
             let req = request.into_inner();
+            check_client_token("caller_reference", &req.caller_reference)?;
             let config = health_config(&req.config_json)?;
             let id = new_health_check_id(&self.node);
             let command = Command::HealthCheckCreate {

@@ -271,6 +271,48 @@ impl std::fmt::Display for Unavailable {
 
 impl std::error::Error for Unavailable {}
 
+/// Whether a call may be sent again after its connection broke with the request in flight.
+#[derive(Clone, Copy)]
+enum Replay {
+    Safe,
+    Unsafe,
+}
+
+/// The call's connection broke (the server died or reset it mid-call), as opposed to an answer
+/// from the server. tonic reports that as Unknown or Cancelled carrying a transport error.
+fn connection_lost(s: &tonic::Status) -> bool {
+    if !matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
+        return false;
+    }
+    let mut source = std::error::Error::source(s);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A fresh idempotency token or caller reference, so that a write the CLI retries after a lost
+/// connection is applied once. 128 random bits: collisions are not a concern.
+fn client_token() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        // No /dev/urandom (a sandbox): time and pid are unique enough for one host's CLI.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = (nanos ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("cli-{hex}")
+}
+
 pub struct Client {
     endpoints: Vec<String>,
     output: Output,
@@ -302,15 +344,37 @@ impl Client {
     }
 
     /// Runs `call` against each endpoint in turn until one answers (any answer but
-    /// "unavailable"). Errors from the server are final.
-    pub(crate) async fn call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// "unavailable"). Errors from the server are final. Only for calls that are safe to send
+    /// twice (reads, and writes made idempotent by a token or by their nature): a connection
+    /// lost after the request went out is retried on the next endpoint, as is a leader that
+    /// died mid-call.
+    pub(crate) async fn call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_with(Replay::Safe, call).await
+    }
+
+    /// Like `call`, for writes that must not be sent twice (deletes, creates without a caller
+    /// reference): a connection lost after the request went out is reported, not retried,
+    /// because the write may have been applied.
+    pub(crate) async fn call_at_most_once<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_with(Replay::Unsafe, call).await
+    }
+
+    async fn call_with<T, F, Fut>(&self, replay: Replay, mut call: F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
     {
         let give_up = Instant::now() + UNAVAILABLE_RETRY_WINDOW;
         loop {
-            match self.call_once(&mut call).await {
+            match self.call_pass(replay, &mut call).await {
                 Err(e) if e.downcast_ref::<Unavailable>().is_some() && Instant::now() < give_up => {
                     tokio::time::sleep(UNAVAILABLE_RETRY_PAUSE).await;
                 }
@@ -319,8 +383,16 @@ impl Client {
         }
     }
 
-    /// One pass over the endpoints.
+    /// One pass over the endpoints, for a replay-safe call.
     pub(crate) async fn call_once<T, F, Fut>(&self, call: &mut F) -> Result<T>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        self.call_pass(Replay::Safe, call).await
+    }
+
+    async fn call_pass<T, F, Fut>(&self, replay: Replay, call: &mut F) -> Result<T>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,
@@ -343,6 +415,14 @@ impl Client {
                 Err(s) if s.code() == tonic::Code::Unavailable => {
                     last = format!("{ep}: {}", s.message())
                 }
+                Err(s) if connection_lost(&s) => match replay {
+                    Replay::Safe => last = format!("{ep}: connection lost: {}", s.message()),
+                    Replay::Unsafe => bail!(
+                        "{ep}: connection lost after the request was sent ({}); it may or may \
+                         not have been applied: check before trying again",
+                        s.message()
+                    ),
+                },
                 Err(s) => return Err(status_error(&s)),
             }
         }
@@ -368,7 +448,7 @@ impl Client {
                     config_json: text,
                 };
                 let h = self
-                    .call(|c| {
+                    .call_at_most_once(|c| {
                         let req = req.clone();
                         async move {
                             Self::routing(c)
@@ -408,7 +488,7 @@ impl Client {
             }
             HealthCmd::Delete { id } => {
                 let change = self
-                    .call(|c| {
+                    .call_at_most_once(|c| {
                         let id = id.clone();
                         async move {
                             Self::routing(c)
@@ -687,7 +767,7 @@ impl Client {
             }
             CidrCmd::Delete { name } => {
                 let change = self
-                    .call(|c| {
+                    .call_at_most_once(|c| {
                         let name = name.clone();
                         async move {
                             Self::routing(c)
@@ -776,7 +856,7 @@ impl Client {
                 .await?
             }
             ClusterCmd::AddNode { id, addr } => {
-                self.call(|c| {
+                self.call_at_most_once(|c| {
                     let addr = addr.clone();
                     async move {
                         ClusterClient::new(c)
@@ -790,7 +870,7 @@ impl Client {
                 .await?
             }
             ClusterCmd::RemoveNode { id } => {
-                self.call(|c| async move {
+                self.call_at_most_once(|c| async move {
                     ClusterClient::new(c)
                         .remove_node(v1::RemoveNodeRequest { id })
                         .await
@@ -893,7 +973,11 @@ impl Client {
             } => {
                 let req = v1::CreateZoneRequest {
                     name: absolute(&name),
-                    caller_reference,
+                    caller_reference: if caller_reference.is_empty() {
+                        client_token()
+                    } else {
+                        caller_reference
+                    },
                     name_servers,
                     soa_mname: String::new(),
                     soa_rname: String::new(),
@@ -940,7 +1024,7 @@ impl Client {
             ZoneCmd::Delete { name, force } => {
                 let name = absolute(&name);
                 let change = self
-                    .call(|c| {
+                    .call_at_most_once(|c| {
                         let name = name.clone();
                         async move {
                             Self::zones(c)
@@ -1040,7 +1124,7 @@ impl Client {
             expected_zone_version,
         };
         let info = self
-            .call(|c| {
+            .call_at_most_once(|c| {
                 let req = begin.clone();
                 async move {
                     Self::zones(c)
@@ -1066,7 +1150,7 @@ impl Client {
                     import_id: import_id.clone(),
                     chunks,
                 };
-                self.call(|c| {
+                self.call_at_most_once(|c| {
                     let req = req.clone();
                     async move {
                         Self::zones(c)
@@ -1304,7 +1388,7 @@ impl Client {
                 let batch = parse_change_batch(&text, &origin)
                     .map_err(|e| anyhow!("{}: {e}", file.display()))?;
                 let req = v1::ChangeRecordSetsRequest {
-                    idempotency_token: token.unwrap_or_default(),
+                    idempotency_token: token.unwrap_or_else(client_token),
                     expected_zone_version: expect_version,
                     ..meridian_control::convert::batch_to_proto(&origin, &batch)
                 };
@@ -1363,7 +1447,7 @@ impl Client {
                 action: action as i32,
                 record_set: Some(set),
             }],
-            idempotency_token: String::new(),
+            idempotency_token: client_token(),
             expected_zone_version: None,
         };
         let change = self
@@ -1601,4 +1685,78 @@ fn chrono_now() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     format!("{}.{:03}", d.as_secs(), d.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "server" that accepts connections, reads what the client sends, then drops them: the
+    /// connection is lost with the request in flight, as when a leader is killed mid-call.
+    async fn dropping_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // Wait for the request's HEADERS, not only the preface and SETTINGS.
+                    let mut seen = 0;
+                    while seen < 100 {
+                        match tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => seen += n,
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn list_zones(c: Channel) -> Result<v1::ListZonesResponse, tonic::Status> {
+        Client::zones(c)
+            .list_zones(v1::ListZonesRequest::default())
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    #[tokio::test]
+    async fn lost_connection_is_retried_only_when_replay_is_safe() {
+        let addr = dropping_server().await;
+        let client = Client::new(vec![addr.clone()], Output::Table);
+
+        let safe = client.call_pass(Replay::Safe, &mut list_zones).await;
+        let err = safe.expect_err("the server answers nothing");
+        assert!(
+            err.downcast_ref::<Unavailable>().is_some(),
+            "a replay-safe call moves on to the next endpoint: {err:#}"
+        );
+        assert!(format!("{err:#}").contains("connection lost"), "{err:#}");
+
+        let unsafe_ = client.call_pass(Replay::Unsafe, &mut list_zones).await;
+        let err = unsafe_.expect_err("the server answers nothing");
+        assert!(err.downcast_ref::<Unavailable>().is_none(), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("may or may not have been applied"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn client_tokens_are_distinct_and_within_the_api_limit() {
+        let a = client_token();
+        let b = client_token();
+        assert_ne!(a, b);
+        assert!(a.len() <= meridian_control::api::CLIENT_TOKEN_BYTES_MAX);
+    }
+
+    #[test]
+    fn server_answers_are_not_lost_connections() {
+        assert!(!connection_lost(&tonic::Status::unknown("transport error")));
+        assert!(!connection_lost(&tonic::Status::invalid_argument("bad")));
+    }
 }
