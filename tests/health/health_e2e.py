@@ -862,8 +862,11 @@ def sc_restart(t):
         time.sleep(0.05)
     st = dev.status(hc)
     v = pop_view(st, DEV_POP) or {}
-    text = dev.proc.log_since(log_at)
-    lines = [ln for ln in text.splitlines() if "health transition" in ln]
+    # The leader logs a transition once it is INSYNC (with its detection time), which is after
+    # the edge has applied it and may answer PRIMARY: wait for the line rather than race it.
+    lines, _ = wait_for(lambda: [ln for ln in dev.proc.log_since(log_at).splitlines()
+                                 if "health transition" in ln and hc in ln], 10, 0.05)
+    lines = lines or []
     check("endpoint up across the restart: PRIMARY again after %s s" % (
         "%.2f" % first_primary if first_primary else "never"), first_primary is not None,
         "\n".join(map(str, samples[-30:])))
