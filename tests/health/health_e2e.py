@@ -19,10 +19,11 @@ one cluster of 3 `meridian control` nodes and 3 `meridian edge`s in POPs pop1, p
               answers the secondary; elapsed >= 2 intervals; the status right after shows >= 3);
               body "starting" -> unhealthy (HTTP 200, no match); 500 -> unhealthy; ExpectedStatus
               ["204-206"] accepts 204 and refuses 200.
-  flapping    an endpoint alternating up/down every second, and one every 2 s: a check with
-              FailureThreshold 2 / RecoveryThreshold 3 makes at most 2 transitions in 10 s
-              ("health transition" lines in the dev log and status polls); a control check with
-              RecoveryThreshold 2 on the 2 s flapper does flap (shows the count is live).
+  flapping    an endpoint alternating up/down on every probe (1 s), and one every 2 probes (2 s):
+              a check with FailureThreshold 2 / RecoveryThreshold 3 makes at most 2 transitions
+              in 10 s ("health transition" lines in the dev log and status polls); a control
+              check with RecoveryThreshold 2 on its own 2-probe flapper does flap (shows the
+              count is live).
   tcp         TCP check: stopped listener -> unhealthy (connection refused) -> secondary;
               listening again -> primary; a check on a port nobody listens on -> unhealthy.
               Also: a TCP check on a closed port is unhealthy from the start; an HTTP check
@@ -322,8 +323,9 @@ class HttpEndpoint:
     """An HTTP endpoint on 127.0.0.1:port, served by a thread of this process.
 
     mode: "ready" (200 "ready"), "starting" (200 "starting": fails a match on "ready"), "500",
-    "204" (204, no body), "flap" (wall clock: `flap_s` seconds "ready", then `flap_s` seconds
-    500). allow_pids: None, or a set of PIDs: a connection opened by any other process gets 503
+    "204" (204, no body), "flap" (`flap_every` requests "ready", then `flap_every` requests
+    500: counted per request, not by the wall clock, so a probe schedule that happens to sit on
+    a second boundary cannot turn the pattern into runs of failures). allow_pids: None, or a set of PIDs: a connection opened by any other process gets 503
     (how the test makes an endpoint reachable from some POPs only; every edge is a process)."""
 
     def __init__(self, name, mode="ready", tls=False):
@@ -333,7 +335,8 @@ class HttpEndpoint:
         # tls: HTTPS with a self-signed certificate; the SNI names clients sent are recorded.
         self.tls = tls
         self.sni_seen = set()
-        self.flap_s = 1.0
+        self.flap_every = 1
+        self.flap_served = 0
         self.allow_pids = None
         self.srv = None
         self.thread = None
@@ -354,7 +357,10 @@ class HttpEndpoint:
             self._count("allowed")
         mode = self.mode
         if mode == "flap":
-            mode = "ready" if int(time.time() / self.flap_s) % 2 == 0 else "500"
+            with self.lock:
+                n = self.flap_served
+                self.flap_served += 1
+            mode = "ready" if (n // self.flap_every) % 2 == 0 else "500"
         self._count(mode)
         if mode == "ready":
             return 200, "ready\n"
@@ -881,13 +887,17 @@ def sc_restart(t):
 def sc_flapping(t):
     dev = t.dev
     window = 10.0
+    # One endpoint per check: the flap pattern counts requests, so two probers on one endpoint
+    # would interleave their patterns.
     ep1 = endpoint("http", "flap-1s", mode="flap")
-    ep1.flap_s = 1.0
+    ep1.flap_every = 1
     ep2 = endpoint("http", "flap-2s", mode="flap")
-    ep2.flap_s = 2.0
+    ep2.flap_every = 2
+    ep3 = endpoint("http", "flap-2s-control", mode="flap")
+    ep3.flap_every = 2
     f1 = dev.health_create("flap 1 s, FT 2 RT 3", http_check(ep1.port, failure=2, recovery=3))
     f2 = dev.health_create("flap 2 s, FT 2 RT 3", http_check(ep2.port, failure=2, recovery=3))
-    ctl = dev.health_create("flap 2 s, FT 2 RT 2 (control)", http_check(ep2.port, failure=2, recovery=2))
+    ctl = dev.health_create("flap 2 s, FT 2 RT 2 (control)", http_check(ep3.port, failure=2, recovery=2))
     ids = {f1: "1 s flapper, RT 3", f2: "2 s flapper, RT 3", ctl: "2 s flapper, RT 2 (control)"}
 
     def all_probed():
@@ -920,9 +930,10 @@ def sc_flapping(t):
     check("%s: flaps, %d transitions in %.0f s (>= 2: the count is live; hysteresis is what "
           "holds the others)" % (ids[ctl], counts[ctl], window), counts[ctl] >= 2,
           "\n".join(ln for ln in text.splitlines() if ctl in ln))
-    info("flapping endpoints served: 1 s %s, 2 s %s" % (ep1.counts, ep2.counts))
+    info("flapping endpoints served: 1 s %s, 2 s %s, control %s" % (ep1.counts, ep2.counts, ep3.counts))
     ep1.stop()
     ep2.stop()
+    ep3.stop()
 
 
 def sc_tcp(t):
