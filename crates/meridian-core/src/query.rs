@@ -256,9 +256,10 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
     let ancount = be16(packet, 6).ok_or(Malformed::Drop)?;
     let nscount = be16(packet, 8).ok_or(Malformed::Drop)?;
     let arcount = be16(packet, 10).ok_or(Malformed::Drop)?;
-    // RFC 9619: exactly one question. A query carries no answer or authority records
-    // (UPDATE and NOTIFY use them, and we implement neither).
-    if qdcount != 1 || ancount != 0 || nscount != 0 || arcount > QUERY_ADDITIONAL_MAX {
+    // RFC 9619: exactly one question. A query carries no answer records and at most one
+    // authority record, the client's SOA of an IXFR request (RFC 1995 §3), checked below once
+    // the type is known. UPDATE and NOTIFY use more, and we implement neither.
+    if qdcount != 1 || ancount != 0 || nscount > 1 || arcount > QUERY_ADDITIONAL_MAX {
         return Err(Malformed::FormErr(scan_opt(
             packet,
             [qdcount, ancount, nscount, arcount],
@@ -275,9 +276,25 @@ pub fn parse<'p>(packet: &'p [u8], bufs: &mut QueryBuffers) -> Result<Query<'p>,
     let qclass = be16(packet, name_end + 2).ok_or(Malformed::FormErr(None))?;
     let question_end = name_end + 4;
 
+    let mut pos = question_end;
+    if nscount == 1 {
+        // Only an IXFR request carries an authority record; elsewhere it is malformed.
+        if RType(qtype) != RType::IXFR {
+            return Err(Malformed::FormErr(scan_opt(
+                packet,
+                [qdcount, ancount, nscount, arcount],
+            )));
+        }
+        let type_at = skip_name(packet, pos).ok_or(Malformed::FormErr(None))?;
+        let rdlen = be16(packet, type_at + 8).ok_or(Malformed::FormErr(None))? as usize;
+        pos = type_at + 10 + rdlen;
+        if pos > packet.len() {
+            return Err(Malformed::FormErr(None));
+        }
+    }
+
     let mut edns = None;
     let mut tsig = None;
-    let mut pos = question_end;
     for idx in 0..arcount {
         if tsig.is_some() {
             // RFC 8945 §5.1: TSIG must be the last record.

@@ -360,3 +360,44 @@ fn malformed_packets_get_formerr_or_nothing() {
         assert_eq!(got.as_ref().map(|r| r[3] & 0xF), rcode, "{what}");
     }
 }
+
+/// An IXFR request carries the client's SOA in authority (RFC 1995 §3). It is well formed, so
+/// it gets the same REFUSED as AXFR, question echoed; an authority record on any other query
+/// is still malformed.
+#[test]
+fn ixfr_request_is_refused_not_malformed() {
+    let catalog = catalog(&[("example.", ZONE)]);
+    let with_soa = |qtype: &str| {
+        let (mut p, _) = support::query("example.", qtype, "tcp noedns");
+        p[9] = 1; // nscount
+        p.extend_from_slice(&[0xC0, 0x0C, 0, 6, 0, 1, 0, 0, 0x0E, 0x10]);
+        let rdata = [
+            &[0u8][..],
+            &[0u8][..],
+            &2024010100u32.to_be_bytes()[..],
+            &[0u8; 16][..],
+        ]
+        .concat();
+        p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        p.extend_from_slice(&rdata);
+        p
+    };
+    let ixfr = support::ask(
+        &catalog,
+        &with_soa("IXFR"),
+        meridian_core::Transport::Tcp,
+        "",
+    )
+    .unwrap();
+    assert_eq!(ixfr[3] & 0xF, 5, "REFUSED");
+    assert_eq!(&ixfr[4..6], &[0, 1], "question echoed");
+    let axfr = check_text(&catalog, "example.", "AXFR", "tcp noedns");
+    assert_eq!(axfr, "REFUSED");
+    let a = support::ask(&catalog, &with_soa("A"), meridian_core::Transport::Tcp, "").unwrap();
+    assert_eq!(a[3] & 0xF, 1, "FORMERR");
+    // An authority record that runs past the packet is malformed, IXFR or not.
+    let mut cut = with_soa("IXFR");
+    cut.truncate(cut.len() - 3);
+    let cut = support::ask(&catalog, &cut, meridian_core::Transport::Tcp, "").unwrap();
+    assert_eq!(cut[3] & 0xF, 1, "FORMERR");
+}
